@@ -1,0 +1,197 @@
+"""The schema of `models/<name>/model.json`: one class, written by the exporter, read by the server.
+
+Every model the server can serve is described by data only (STYLE 2): the graph contract
+(`pixel_values` float32 [N,3,H,W] -> `embedding` float32 [N,D]), the exact preprocessing the
+export gate proved equal to the Hugging Face slow processor, and where the weights came from.
+Validation is strict (unknown keys and bad values are errors) and the objects are frozen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+SPEC_FILE = "model.json"
+PARITY_FILE = "parity.json"
+
+# Pillow's resampling filters by name; the integers are PIL.Image.Resampling values, which is
+# what HF processor configs store in `resample`.
+RESAMPLE_CODES: dict[str, int] = {
+    "nearest": 0,
+    "lanczos": 1,
+    "bilinear": 2,
+    "bicubic": 3,
+    "box": 4,
+    "hamming": 5,
+}
+Resample = Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"]
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Resize(_Frozen):
+    """HF `size`: either the shortest edge (aspect ratio kept) or an exact height x width."""
+
+    shortest_edge: int | None = Field(default=None, gt=0, le=4096)
+    height: int | None = Field(default=None, gt=0, le=4096)
+    width: int | None = Field(default=None, gt=0, le=4096)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Resize:
+        exact = self.height is not None and self.width is not None
+        if (self.shortest_edge is None) == (not exact) or (self.height is None) != (self.width is None):
+            raise ValueError("give either shortest_edge, or both height and width")
+        return self
+
+
+class CropSize(_Frozen):
+    height: int = Field(gt=0, le=4096)
+    width: int = Field(gt=0, le=4096)
+
+
+class Preprocessing(_Frozen):
+    """The fixed pipeline decode -> RGB -> resize -> center crop -> rescale -> normalize -> NCHW.
+
+    Values come from the checkpoint's own processor config. `rescale_factor` and `mean`/`std` are
+    stored as the exact floats the processor uses so the server reproduces it bit for bit.
+    """
+
+    processor_class: str = Field(min_length=1)
+    convert_rgb: Literal[True] = True
+    resize: Resize | None
+    resample: Resample
+    center_crop: CropSize | None
+    rescale_factor: float | None = Field(gt=0)
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Preprocessing:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together (normalisation on or off)")
+        if self.std is not None and any(s <= 0 for s in self.std):
+            raise ValueError("std values must be > 0")
+        if self.resize is not None and self.resize.shortest_edge is not None and self.center_crop is None:
+            raise ValueError("a shortest_edge resize needs a center_crop to give a fixed input size")
+        return self
+
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the tensor the graph receives."""
+        if self.center_crop is not None:
+            return self.center_crop.height, self.center_crop.width
+        if self.resize is None or self.resize.height is None or self.resize.width is None:
+            raise ValueError("no fixed input size: set center_crop or an exact resize")
+        return self.resize.height, self.resize.width
+
+    def sha256(self) -> str:
+        """Identity of the preprocessing: vectors are comparable only when this matches."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Provenance(_Frozen):
+    source: str = Field(min_length=1)
+    weights: Literal["pretrained", "random-init"]
+    seed: int | None = None
+    exporter: str = Field(min_length=1)
+    opset: int = Field(ge=13, le=23)
+    quantization: str | None = None
+    versions: dict[str, str]
+
+    @model_validator(mode="after")
+    def _seeded(self) -> Provenance:
+        if self.weights == "random-init" and self.seed is None:
+            raise ValueError("random-init weights must record their seed")
+        return self
+
+
+class Parity(_Frozen):
+    """Summary of the export gate; the per-image figures are in parity.json."""
+
+    verified: bool
+    images: int = Field(ge=0)
+    max_abs_normalized: float = Field(ge=0)
+    max_abs_pixels: float = Field(ge=0)
+    min_cosine: float
+    onnx_sha256: str
+
+
+class ModelSpec(_Frozen):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str = Field(pattern=NAME_PATTERN)
+    aliases: tuple[str, ...] = ()
+    family: Literal["clip", "dinov2"]
+    pooling: Literal["projected", "cls", "mean", "cls+mean"]
+    embedding_dim: int = Field(gt=0, le=65536)
+    input_name: Literal["pixel_values"] = "pixel_values"
+    output_name: Literal["embedding"] = "embedding"
+    onnx_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
+    # None until the model is exported (committed model.json files carry the processor values only).
+    onnx_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    preprocessing: Preprocessing
+    provenance: Provenance | None = None
+    parity: Parity | None = None
+
+    @field_validator("aliases")
+    @classmethod
+    def _aliases_unique(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(aliases)) != len(aliases) or any(not re.fullmatch(r"[\w./:-]{1,200}", a) for a in aliases):
+            raise ValueError("aliases must be unique, non-empty hub-id-like strings")
+        return aliases
+
+    @model_validator(mode="after")
+    def _pooling_fits_family(self) -> ModelSpec:
+        allowed = {"clip": {"projected"}, "dinov2": {"cls", "mean", "cls+mean"}}[self.family]
+        if self.pooling not in allowed:
+            raise ValueError(f"pooling {self.pooling!r} is not valid for family {self.family!r}")
+        return self
+
+    @property
+    def verified(self) -> bool:
+        return self.parity is not None and self.parity.verified and self.parity.onnx_sha256 == self.onnx_sha256
+
+    @property
+    def weights_kind(self) -> str:
+        return self.provenance.weights if self.provenance else "unknown"
+
+
+class SpecError(ValueError):
+    """A model.json that cannot be used; the message names the file and the field."""
+
+
+def load_spec(path: Path) -> ModelSpec:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read: {exc}") from exc
+    try:
+        return ModelSpec.model_validate_json(text)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
+        )
+        raise SpecError(f"{path}: {problems}") from exc
+
+
+def write_spec(spec: ModelSpec, path: Path) -> None:
+    """Write through the schema (re-validated), so the exporter cannot write what the server rejects."""
+    text = json.dumps(spec.model_dump(mode="json"), indent=2) + "\n"
+    ModelSpec.model_validate_json(text)
+    path.write_text(text, encoding="utf-8")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,101 @@
+"""Architectures `--random-init` can build without a download: the hub checkpoints' configs and
+processor configs, written out, plus tiny ones for tests. Weights are seeded and random; every
+model built from here is labelled random-init, not pretrained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# As in the checkpoints' preprocessor_config.json files (values the HF processors then load).
+CLIP_PROCESSOR: dict[str, Any] = {
+    "image_processor_type": "CLIPImageProcessor",
+    "size": {"shortest_edge": 224},
+    "crop_size": {"height": 224, "width": 224},
+    "resample": 3,
+    "do_resize": True,
+    "do_center_crop": True,
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": True,
+    "image_mean": OPENAI_CLIP_MEAN,
+    "image_std": OPENAI_CLIP_STD,
+    "do_convert_rgb": True,
+}
+DINOV2_PROCESSOR: dict[str, Any] = {
+    "image_processor_type": "BitImageProcessor",
+    "size": {"shortest_edge": 256},
+    "crop_size": {"height": 224, "width": 224},
+    "resample": 3,
+    "do_resize": True,
+    "do_center_crop": True,
+    "do_rescale": True,
+    "rescale_factor": 0.00392156862745098,
+    "do_normalize": True,
+    "image_mean": IMAGENET_MEAN,
+    "image_std": IMAGENET_STD,
+    "do_convert_rgb": True,
+}
+
+
+def _dinov2(hidden: int, heads: int, layers: int = 12, mlp_ratio: int = 4) -> dict[str, Any]:
+    return {
+        "hidden_size": hidden,
+        "num_attention_heads": heads,
+        "num_hidden_layers": layers,
+        "mlp_ratio": mlp_ratio,
+        "image_size": 518,
+        "patch_size": 14,
+        "layerscale_value": 1.0,
+        "hidden_act": "gelu",
+        "layer_norm_eps": 1e-6,
+        "use_swiglu_ffn": False,
+    }
+
+
+TINY_CLIP_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY_CLIP_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "image_size": 224,
+    "patch_size": 32,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str  # "clip" | "dinov2"
+    config: dict[str, Any]  # kwargs of CLIPConfig / Dinov2Config
+    processor: dict[str, Any]
+    pretrained: bool = field(default=True)  # False for test-only architectures with no hub checkpoint
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    # CLIPConfig's defaults are ViT-B/32 (vision: 768 wide, 12 layers, patch 32; text: 512, 12).
+    "openai/clip-vit-base-patch32": Architecture("clip", {"projection_dim": 512}, CLIP_PROCESSOR),
+    "facebook/dinov2-small": Architecture("dinov2", _dinov2(384, 6), DINOV2_PROCESSOR),
+    "facebook/dinov2-base": Architecture("dinov2", _dinov2(768, 12), DINOV2_PROCESSOR),
+    "tiny-clip": Architecture(
+        "clip",
+        {"text_config": TINY_CLIP_TEXT, "vision_config": TINY_CLIP_VISION, "projection_dim": 16},
+        CLIP_PROCESSOR,
+        pretrained=False,
+    ),
+    "tiny-dinov2": Architecture("dinov2", _dinov2(32, 4, layers=2, mlp_ratio=2), DINOV2_PROCESSOR, pretrained=False),
+}
+
+
+def architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise SystemExit(
+            f"--random-init knows no architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+        ) from None

@@ -1,0 +1,50 @@
+"""torch module -> ONNX file with the common graph contract, checked by the ONNX checker.
+
+Why torch.onnx.export and not optimum's exporter: optimum's CLIP configs export the whole
+two-tower model or `image_embeds` from CLIPVisionModelWithProjection, and its DINOv2 config
+exports `last_hidden_state`/`pooler_output` with the position-embedding interpolation inside the
+graph. Neither is the contract (`pixel_values` -> `embedding`, pooling chosen at export, no
+interpolation), so the module is wrapped here and exported directly with the TorchScript-based
+exporter, which produces a static, checkable graph with a dynamic batch axis.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+DEFAULT_OPSET = 17
+
+
+def export_onnx(module: torch.nn.Module, path: Path, height: int, width: int, opset: int = DEFAULT_OPSET) -> None:
+    dummy = torch.zeros(2, 3, height, width)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            module,
+            (dummy,),
+            str(path),
+            input_names=["pixel_values"],
+            output_names=["embedding"],
+            dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    check_graph(path, height, width)
+
+
+def check_graph(path: Path, height: int, width: int) -> None:
+    """ONNX checker plus the contract: one float input [N,3,H,W], one float output [N,D]."""
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
+    if [i.name for i in inputs] != ["pixel_values"] or [o.name for o in graph.output] != ["embedding"]:
+        raise SystemExit(f"{path}: graph must map pixel_values -> embedding")
+    dims = inputs[0].type.tensor_type.shape.dim
+    shape = [d.dim_param or d.dim_value for d in dims]
+    if len(shape) != 4 or not isinstance(shape[0], str) or shape[1:] != [3, height, width]:
+        raise SystemExit(f"{path}: pixel_values has shape {shape}, expected [batch,3,{height},{width}]")

@@ -1,0 +1,232 @@
+"""The parity gate: HF slow processor + PyTorch against our preprocessing + the served ORT session.
+
+    python -m export.parity models/NAME [--images DIR] [--no-huge]
+
+Required for every image of the set: pixel values bit-identical (max-abs 0) and max-abs of the
+L2-normalised embeddings <= 1e-6; and a batch of all images equal to one-at-a-time. Writes
+models/NAME/parity.json and the summary in model.json; exits non-zero with a table otherwise.
+
+Images 1 or 3 pixels high: HF's processor infers the channel axis from the array shape and takes
+such an image as channels-first, which crashes or scrambles it. We always decode to
+height x width x channels, and the reference for those images is HF told
+`input_data_format="channels_last"`; what HF does by default is recorded beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from embedder.cpus import plan_threads
+from embedder.preprocess import DecodeLimits, Preprocessor
+from embedder.runtime import open_session, run
+from embedder.spec import PARITY_FILE, SPEC_FILE, ModelSpec, Parity, file_sha256, load_spec, write_spec
+
+from . import families
+from .architectures import architecture
+from .images import ParityImage, parity_images
+from .spec_writer import library_versions
+
+TOLERANCE = 1e-6
+CHANNEL_AMBIGUOUS_HEIGHTS = (1, 3)
+# The gate decodes the huge images of its own set; the server's default limits are not its concern.
+GATE_LIMITS = DecodeLimits(max_pixels=400_000_000, max_resized_pixels=400_000_000)
+
+
+@dataclass
+class ImageResult:
+    name: str
+    mode: str
+    format: str
+    size: tuple[int, int]
+    pixel_max_abs: float
+    raw_max_abs: float
+    relative_error: float
+    cosine: float
+    normalized_max_abs: float
+    hf_input_data_format: str = "inferred"
+    hf_default_behaviour: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.pixel_max_abs == 0.0 and self.normalized_max_abs <= TOLERANCE
+
+
+@dataclass
+class GateReport:
+    model: str
+    onnx_sha256: str
+    preprocessing_sha256: str
+    tolerance: float
+    images: list[ImageResult]
+    batch_normalized_max_abs: float
+    seconds: float
+    versions: dict[str, str] = field(default_factory=library_versions)
+
+    @property
+    def verified(self) -> bool:
+        return all(r.passed for r in self.images) and self.batch_normalized_max_abs <= TOLERANCE
+
+    def summary(self) -> Parity:
+        return Parity(
+            verified=self.verified,
+            images=len(self.images),
+            max_abs_normalized=max(r.normalized_max_abs for r in self.images),
+            max_abs_pixels=max(r.pixel_max_abs for r in self.images),
+            min_cosine=min(r.cosine for r in self.images),
+            onnx_sha256=self.onnx_sha256,
+        )
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["verified"] = self.verified
+        for row, result in zip(body["images"], self.images):
+            row["passed"] = result.passed
+        return json.dumps(body, indent=2) + "\n"
+
+    def table(self) -> str:
+        lines = [f"{'image':32} {'mode':6} {'pixels':>9} {'norm max-abs':>13} {'cosine':>10}  result"]
+        for r in self.images:
+            verdict = "ok" if r.passed else "FAIL"
+            lines.append(
+                f"{r.name:32} {r.mode:6} {r.pixel_max_abs:9.2e} {r.normalized_max_abs:13.3e} {r.cosine:10.7f}  {verdict}"
+            )
+        batch = "ok" if self.batch_normalized_max_abs <= TOLERANCE else "FAIL"
+        lines.append(f"batch of {len(self.images)} vs one-at-a-time: {self.batch_normalized_max_abs:.3e}  {batch}")
+        return "\n".join(lines)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    vector = vector.astype(np.float64)
+    return vector / np.linalg.norm(vector)
+
+
+def _reference_pixels(processor: object, image: Image.Image) -> tuple[torch.Tensor, str, str]:
+    if image.height not in CHANNEL_AMBIGUOUS_HEIGHTS:
+        return processor(images=image, return_tensors="pt")["pixel_values"], "inferred", ""  # type: ignore[operator]
+    explicit = processor(images=image, return_tensors="pt", input_data_format="channels_last")  # type: ignore[operator]
+    try:
+        default = processor(images=image, return_tensors="pt")["pixel_values"]  # type: ignore[operator]
+        note = f"HF default infers channels-first: differs by {float((default - explicit['pixel_values']).abs().max()):.3g}"
+    except Exception as exc:  # noqa: BLE001 - recording what HF does, whatever it raises
+        note = f"HF default infers channels-first and raises {type(exc).__name__}: {exc}"
+    return explicit["pixel_values"], "channels_last", note
+
+
+def compare_image(item: ParityImage, loaded: families.Loaded, pre: Preprocessor, session: object) -> tuple[ImageResult, np.ndarray]:
+    pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
+    ref_pixels, data_format, note = _reference_pixels(loaded.processor, pil)
+    ours_pixels = pre.from_bytes(item.data)
+    with torch.no_grad():
+        ref = loaded.reference(ref_pixels)[0].numpy()
+    ours = run(session, ours_pixels[None])[0]  # type: ignore[arg-type]
+    diff = ref.astype(np.float64) - ours
+    result = ImageResult(
+        name=item.name,
+        mode=item.mode,
+        format=item.format,
+        size=item.size,
+        pixel_max_abs=float(np.abs(ref_pixels[0].numpy() - ours_pixels).max()),
+        raw_max_abs=float(np.abs(diff).max()),
+        relative_error=float(np.linalg.norm(diff) / max(np.linalg.norm(ref), 1e-30)),
+        cosine=float(_unit(ref) @ _unit(ours)),
+        normalized_max_abs=float(np.abs(_unit(ref) - _unit(ours)).max()),
+        hf_input_data_format=data_format,
+        hf_default_behaviour=note,
+    )
+    return result, ours_pixels
+
+
+def run_gate(model_dir: Path, loaded: families.Loaded, images: list[ParityImage]) -> GateReport:
+    """Compare every image, then the whole set as one batch; write parity.json and model.json."""
+    started = time.perf_counter()
+    spec = load_spec(model_dir / SPEC_FILE)
+    onnx_path = model_dir / spec.onnx_file
+    sha = file_sha256(onnx_path)
+    pre = Preprocessor(spec.preprocessing, GATE_LIMITS)
+    session = open_session(onnx_path, plan_threads().intra_op)
+    results, tensors, singles = [], [], []
+    for item in images:
+        result, pixels = compare_image(item, loaded, pre, session)
+        results.append(result)
+        tensors.append(pixels)
+    singles = [run(session, t[None])[0] for t in tensors]
+    batch = run(session, np.stack(tensors))
+    batch_diff = max(float(np.abs(_unit(b) - _unit(s)).max()) for b, s in zip(batch, singles))
+    report = GateReport(
+        model=spec.name,
+        onnx_sha256=sha,
+        preprocessing_sha256=spec.preprocessing.sha256(),
+        tolerance=TOLERANCE,
+        images=results,
+        batch_normalized_max_abs=batch_diff,
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    (model_dir / PARITY_FILE).write_text(report.to_json(), encoding="utf-8")
+    write_spec(spec.model_copy(update={"parity": report.summary()}), model_dir / SPEC_FILE)
+    return report
+
+
+def load_reference(spec: ModelSpec, scratch: Path) -> families.Loaded:
+    """The PyTorch side for an exported model, from its recorded provenance."""
+    if spec.provenance is None:
+        raise SystemExit(f"{spec.name}: model.json has no provenance; cannot rebuild the PyTorch reference")
+    source = spec.provenance.source
+    if spec.provenance.weights == "random-init":
+        assert spec.provenance.seed is not None
+        families.save_random_init(architecture(source), spec.provenance.seed, scratch)
+        source = str(scratch)
+    return families.load(spec.family, source, spec.pooling)
+
+
+def extra_images(directory: Path | None) -> list[ParityImage]:
+    """Real photos a user adds to the set (any file Pillow opens)."""
+    if directory is None:
+        return []
+    found = []
+    for path in sorted(p for p in directory.iterdir() if p.is_file()):
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as image:
+            found.append(ParityImage(path.name, data, image.mode, image.format or "?", image.size))
+    return found
+
+
+def gate_images(seed: int = 0, include_huge: bool = True, directory: Path | None = None) -> list[ParityImage]:
+    return parity_images(seed, include_huge=include_huge) + extra_images(directory)
+
+
+def report_outcome(report: GateReport) -> int:
+    print(report.table())
+    if report.verified:
+        print(f"parity gate PASSED for {report.model} ({len(report.images)} images, {report.seconds:.1f} s)")
+        return 0
+    failed = [r.name for r in report.images if not r.passed]
+    print(f"parity gate FAILED for {report.model}: {', '.join(failed) or 'batch check'}", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("--images", type=Path, help="a folder of extra images (e.g. real photos) to add to the set")
+    parser.add_argument("--no-huge", action="store_true", help="leave out the >= 4000 px images (faster)")
+    args = parser.parse_args(argv)
+    spec = load_spec(args.model_dir / SPEC_FILE)
+    with tempfile.TemporaryDirectory() as scratch:
+        loaded = load_reference(spec, Path(scratch))
+        report = run_gate(args.model_dir, loaded, gate_images(include_huge=not args.no_huge, directory=args.images))
+    return report_outcome(report)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
