@@ -1,0 +1,63 @@
+# The README's two commands: `make run` and `make test`. Everything else supports them.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+ADDRESS ?= 127.0.0.1:50051
+MODELS_DIR ?= models
+DEFAULT_MODELS := clip-vit-base-patch32=openai/clip-vit-base-patch32=clip dinov2-small=facebook/dinov2-small=dinov2
+PROTO_GEN = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) proto/embedder/v1/embedder.proto
+
+.PHONY: run test venv proto proto-check models lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Pinned torch first: an unpinned resolve would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[export,dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Stubs are generated into embedder/v1/ (the proto package embedder.v1 is importable as is).
+proto: venv
+	$(call PROTO_GEN,.)
+
+# Fails when the committed stubs differ from what the proto generates.
+proto-check: venv
+	@tmp=$$(mktemp -d) && $(call PROTO_GEN,$$tmp) && \
+	for f in embedder_pb2.py embedder_pb2.pyi embedder_pb2_grpc.py; do \
+	  diff -q $$tmp/embedder/v1/$$f embedder/v1/$$f || { echo "embedder/v1/$$f is stale: run make proto"; exit 1; }; \
+	done && rm -rf $$tmp && echo "proto stubs up to date"
+
+# Ensure the default models exist: exported from the hub when reachable, otherwise clearly
+# labelled random-init builds of the same architectures (the server logs and lists them as such).
+models: venv
+	@for entry in $(DEFAULT_MODELS); do \
+	  IFS== read -r name hub family <<< "$$entry"; \
+	  if [ -f $(MODELS_DIR)/$$name/model.onnx ]; then echo "$$name: present"; continue; fi; \
+	  if $(BIN)/python -m export.hub_reachable $$hub; then \
+	    $(BIN)/python -m export $$family $$hub --out $(MODELS_DIR)/$$name || exit 1; \
+	  else \
+	    echo "$$name: hub unreachable -> RANDOM-INIT build of $$hub (not pretrained)"; \
+	    $(BIN)/python -m export $$family $$hub --random-init --seed 0 --out $(MODELS_DIR)/$$name || exit 1; \
+	  fi; \
+	done
+
+run: models
+	$(BIN)/embedder serve --address $(ADDRESS) --models-dir $(MODELS_DIR) --preload
+
+test: venv proto-check
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check embedder export tests bench
+
+bench: models
+	$(BIN)/python -m bench --models-dir $(MODELS_DIR)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,127 @@
+"""Dynamic batching for one model: concurrent requests' images are coalesced into one
+`session.run` (up to a max batch size, or whatever arrived within a short delay) and the rows are
+handed back to each request's futures in order.
+
+The queue is bounded: a full queue answers RESOURCE_EXHAUSTED at once instead of letting latency
+grow without limit. Work whose deadline has passed, or whose request was cancelled, is dropped
+before inference, so it never costs model time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import DeadlineExpired, Overloaded, ShuttingDown
+
+log = logging.getLogger(__name__)
+
+RunBatch = Callable[[np.ndarray], np.ndarray]
+BatchObserver = Callable[[int, float], None]
+
+
+@dataclass(eq=False)
+class Job:
+    pixels: np.ndarray  # [3, H, W] float32
+    future: Future[np.ndarray]
+    deadline: float | None  # time.monotonic() value
+
+
+class Batcher:
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._observer = observer or (lambda size, seconds: None)
+        self._queue: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, tensors: list[np.ndarray], deadline: float | None) -> list[Future[np.ndarray]]:
+        """Queue a request's images together (all or none); one future per image, in order."""
+        jobs = [Job(t, Future(), deadline) for t in tensors]
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown(f"model {self.name!r} is shutting down")
+            if len(self._queue) + len(jobs) > self.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r} is overloaded: {len(self._queue)} images queued, "
+                    f"max_queue_images={self.max_queue}; retry later"
+                )
+            self._queue.extend(jobs)
+            self._cond.notify()
+        return [job.future for job in jobs]
+
+    def close(self) -> None:
+        """Finish what is queued, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    def _take(self) -> list[Job] | None:
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            fill_by = time.monotonic() + self.max_delay_s
+            while len(self._queue) < self.max_batch and not self._closed:
+                remaining = fill_by - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
+
+    def _loop(self) -> None:
+        while (jobs := self._take()) is not None:
+            live = self._still_wanted(jobs)
+            if live:
+                self._run(live)
+
+    @staticmethod
+    def _still_wanted(jobs: list[Job]) -> list[Job]:
+        now = time.monotonic()
+        live = []
+        for job in jobs:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # cancelled by its request
+            if job.deadline is not None and job.deadline <= now:
+                job.future.set_exception(DeadlineExpired("deadline passed before inference"))
+                continue
+            live.append(job)
+        return live
+
+    def _run(self, jobs: list[Job]) -> None:
+        started = time.perf_counter()
+        try:
+            out = self._run_batch(np.stack([job.pixels for job in jobs]))
+        except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
+            for job in jobs:
+                job.future.set_exception(exc)
+            return
+        self._observer(len(jobs), time.perf_counter() - started)
+        for job, row in zip(jobs, out):
+            job.future.set_result(row)

@@ -1,0 +1,160 @@
+"""`embedder` command line: serve, embed, models, health.
+
+Every `serve` flag is also an environment variable: --max-batch-size <-> EMBEDDER_MAX_BATCH_SIZE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from pydantic import ValidationError
+
+from .settings import Settings
+
+ENV_PREFIX = "EMBEDDER_"
+DEFAULT_SERVER = os.environ.get(f"{ENV_PREFIX}SERVER", "127.0.0.1:50051")
+log = logging.getLogger("embedder")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    for name, field in Settings.model_fields.items():
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{field.description} [env {env}; default {field.default}]"
+        if field.annotation is bool:
+            parser.add_argument(_flag(name), dest=name, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(_flag(name), dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    """Flags over EMBEDDER_* variables over defaults; pydantic converts and validates the strings."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        env_value = environ.get(ENV_PREFIX + name.upper())
+        if env_value is not None and env_value != "":
+            values[name] = env_value
+        flag_value = getattr(args, name, None)
+        if flag_value is not None:
+            values[name] = flag_value
+    return Settings.model_validate(values)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .logs import configure_logging
+    from .server import EmbedderServer
+    from .spec import SpecError
+
+    try:
+        settings = settings_from(args)
+    except ValidationError as exc:
+        print(f"embedder serve: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        server = EmbedderServer(settings)
+        server.start()
+    except (SpecError, OSError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    stopping.wait()
+    server.stop()
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from .client import EmbedderClient
+
+    token = os.environ.get(f"{ENV_PREFIX}TOKEN")
+    root_ca = Path(args.tls_ca).read_bytes() if getattr(args, "tls_ca", None) else None
+    return EmbedderClient(args.server, timeout=args.timeout, token=token, root_ca=root_ca)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from .embed_job import run_embed_job
+
+    with _client(args) as client:
+        return run_embed_job(client, args)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    with _client(args) as client:
+        models = [MessageToDict(m, preserving_proto_field_name=True) for m in client.list_models()]
+    print(json.dumps(models, indent=2))
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when SERVING (the Docker HEALTHCHECK and scripts rely on this), 1 otherwise."""
+    with _client(args) as client:
+        status = client.health(args.model or "")
+    print(status)
+    return 0 if status == "SERVING" else 1
+
+
+def _client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER, help=f"host:port [env {ENV_PREFIX}SERVER]")
+    parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
+    parser.add_argument("--tls-ca", help="PEM CA to verify a TLS server (token from EMBEDDER_TOKEN)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedder", description="CLIP and DINOv2 image embeddings over gRPC")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    add_settings_flags(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    from .embed_job import add_embed_flags
+
+    embed = commands.add_parser("embed", help="embed image files, folders or globs; print JSON lines")
+    add_embed_flags(embed)
+    _client_flags(embed)
+    embed.set_defaults(func=cmd_embed)
+
+    models = commands.add_parser("models", help="list the server's models as JSON")
+    _client_flags(models)
+    models.set_defaults(func=cmd_models)
+
+    health = commands.add_parser("health", help="exit 0 if the server (or --model) is SERVING")
+    health.add_argument("--model", help="a model name: its own health")
+    _client_flags(health)
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except grpc.RpcError as exc:
+        print(f"embedder {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,199 @@
+"""Python client: deadlines by default, retries with backoff on UNAVAILABLE only, message sizes
+matching the server, numpy output, chunking of large jobs, sync and asyncio.
+
+    with EmbedderClient("127.0.0.1:50051") as client:
+        result = client.embed("clip-vit-base-patch32", [Path("a.jpg"), jpeg_bytes], normalize=True)
+        result.embeddings  # np.ndarray [N, D] float32
+
+A target with several addresses (`ipv4:10.0.0.1:50051,10.0.0.2:50051`) or a DNS name resolving
+to several replicas is balanced per call with gRPC's `round_robin` policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .v1 import embedder_pb2 as pb
+from .v1 import embedder_pb2_grpc as pb_grpc
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # the server's default
+ImageLike = bytes | str | Path
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    embeddings: np.ndarray  # [N, D] float32, in request order
+    aggregate: np.ndarray | None
+    model: pb.ModelInfo
+
+
+def _image(item: ImageLike) -> pb.Image:
+    if isinstance(item, bytes):
+        return pb.Image(data=item)
+    return pb.Image(data=Path(item).read_bytes())
+
+
+def server_path(path: str) -> pb.Image:
+    """An image the server reads from its own image root (`--image-root`)."""
+    return pb.Image(path=path)
+
+
+def build_request(model: str, images: Sequence[ImageLike | pb.Image], normalize: bool = False,
+                  aggregate: str | None = None, normalize_aggregate: bool = False) -> pb.EmbedRequest:  # fmt: skip
+    return pb.EmbedRequest(
+        model=model,
+        images=[item if isinstance(item, pb.Image) else _image(item) for item in images],
+        normalize=normalize,
+        aggregate=pb.AGGREGATION_MEAN if aggregate == "mean" else pb.AGGREGATION_NONE,
+        normalize_aggregate=normalize_aggregate,
+    )
+
+
+def to_numpy(response: pb.EmbedResponse) -> Embeddings:
+    dim = response.model.dim
+    vectors = np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(-1, dim)
+    aggregate = np.array(response.aggregate.values, dtype=np.float32) if response.HasField("aggregate") else None
+    return Embeddings(vectors, aggregate, response.model)
+
+
+def channel_options(max_message_bytes: int, round_robin: bool = True) -> list[tuple[str, object]]:
+    options: list[tuple[str, object]] = [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+    if round_robin:
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return options
+
+
+def _credentials(root_ca: bytes | None, cert: bytes | None, key: bytes | None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key, certificate_chain=cert)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    target: str = "127.0.0.1:50051"
+    timeout: float = 60.0  # per call, seconds: every call has a deadline
+    retries: int = 4  # extra attempts on UNAVAILABLE
+    backoff: float = 0.1  # first retry delay; doubles, with jitter
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    token: str | None = None
+    root_ca: bytes | None = None  # TLS when set
+    client_cert: bytes | None = None  # mTLS
+    client_key: bytes | None = None
+
+    def metadata(self) -> list[tuple[str, str]]:
+        return [("authorization", f"Bearer {self.token}")] if self.token else []
+
+    def delays(self) -> Iterator[float]:
+        delay = self.backoff
+        for _ in range(self.retries):
+            yield delay * (0.5 + random.random())
+            delay *= 2
+
+
+class EmbedderClient:
+    def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
+        self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
+        options = channel_options(self.config.max_message_bytes)
+        if self.config.root_ca is not None:
+            creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb_grpc.EmbedderStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def __enter__(self) -> EmbedderClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Callable[..., T], request: object) -> T:
+        delays = self.config.delays()
+        while True:
+            try:
+                return method(request, timeout=self.config.timeout, metadata=self.config.metadata())
+            except grpc.RpcError as exc:
+                delay = next(delays, None) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def embed(self, model: str, images: Sequence[ImageLike | pb.Image], *, normalize: bool = False,
+              aggregate: str | None = None, normalize_aggregate: bool = False) -> Embeddings:  # fmt: skip
+        request = build_request(model, images, normalize, aggregate, normalize_aggregate)
+        return to_numpy(self._call(self.stub.Embed, request))
+
+    def embed_many(self, model: str, images: Iterable[ImageLike], *, chunk: int = 32,
+                   normalize: bool = False) -> Iterator[Embeddings]:  # fmt: skip
+        """A large job in requests of `chunk` images, results in order."""
+        batch: list[ImageLike] = []
+        for item in images:
+            batch.append(item)
+            if len(batch) == chunk:
+                yield self.embed(model, batch, normalize=normalize)
+                batch = []
+        if batch:
+            yield self.embed(model, batch, normalize=normalize)
+
+    def list_models(self) -> list[pb.ModelStatus]:
+        return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)
+
+    def health(self, service: str = "") -> str:
+        response = self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+
+class AsyncEmbedderClient:
+    """The asyncio twin of EmbedderClient (grpc.aio), same defaults."""
+
+    def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
+        self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
+        options = channel_options(self.config.max_message_bytes)
+        if self.config.root_ca is not None:
+            creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
+            self.channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.stub = pb_grpc.EmbedderStub(self.channel)
+
+    async def __aenter__(self) -> AsyncEmbedderClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        delays = self.config.delays()
+        while True:
+            try:
+                return await method(request, timeout=self.config.timeout, metadata=self.config.metadata())
+            except grpc.aio.AioRpcError as exc:
+                delay = next(delays, None) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def embed(self, model: str, images: Sequence[ImageLike | pb.Image], *, normalize: bool = False,
+                    aggregate: str | None = None, normalize_aggregate: bool = False) -> Embeddings:  # fmt: skip
+        request = build_request(model, images, normalize, aggregate, normalize_aggregate)
+        return to_numpy(await self._call(self.stub.Embed, request))
+
+    async def list_models(self) -> list[pb.ModelStatus]:
+        return list((await self._call(self.stub.ListModels, pb.ListModelsRequest())).models)

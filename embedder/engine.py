@@ -1,0 +1,192 @@
+"""One request through pre -> core -> post (STYLE 5).
+
+pre:  read and decode each image, resize, crop, normalise (a thread pool; Pillow releases the GIL)
+core: the model's batcher coalesces images of concurrent requests into one session.run
+post: L2-normalise if asked, mean-aggregate if asked
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+import numpy as np
+
+from .batcher import Batcher, BatchObserver
+from .errors import DeadlineExpired, EmbedderError, InvalidImage, InvalidRequest, LimitExceeded
+from .preprocess import DecodeLimits, Preprocessor, decode
+from .repository import ModelEntry, Repository
+from .runtime import run
+from .sessions import SessionCache
+from .settings import Settings
+from .sources import ImageSource, SourceReader
+
+MAX_ERRORS_LISTED = 5
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    normalize: bool = False
+    aggregate_mean: bool = False
+    normalize_aggregate: bool = False
+    aggregate_only: bool = False
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    entry: ModelEntry
+    embeddings: np.ndarray  # [N, D] float32 (empty [0, D] with aggregate_only)
+    aggregate: np.ndarray | None  # [D]
+
+
+class CancelToken:
+    """Set by the transport when the call ends early; cancels the request's queued images."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._futures: list[Future[np.ndarray]] = []
+
+    def attach(self, futures: list[Future[np.ndarray]]) -> None:
+        with self._lock:
+            self._futures = futures
+            cancelled = self._cancelled
+        if cancelled:
+            self.cancel()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            futures = list(self._futures)
+        for future in futures:
+            future.cancel()
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+
+
+class Engine:
+    def __init__(self, settings: Settings, repository: Repository, cache: SessionCache, workers: int,
+                 batch_observer: BatchObserver | None = None) -> None:  # fmt: skip
+        self.settings = settings
+        self.repository = repository
+        self.cache = cache
+        self.reader = SourceReader(settings.image_root, settings.max_image_bytes)
+        self.limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels)
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        self._batch_observer = batch_observer
+        self._preprocessors = {
+            name: Preprocessor(entry.spec.preprocessing, self.limits) for name, entry in repository.entries.items()
+        }
+        self._batchers: dict[str, Batcher] = {}
+        self._batchers_lock = threading.Lock()
+
+    def batcher(self, name: str) -> Batcher:
+        with self._batchers_lock:
+            if name not in self._batchers:
+                self._batchers[name] = Batcher(
+                    name,
+                    lambda pixels: run(self.cache.get(name), pixels),
+                    max_batch=self.settings.max_batch_size,
+                    max_delay_s=self.settings.max_batch_delay_ms / 1000,
+                    max_queue=self.settings.max_queue_images,
+                    observer=self._batch_observer,
+                )
+            return self._batchers[name]
+
+    def queue_depths(self) -> dict[str, int]:
+        with self._batchers_lock:
+            return {name: batcher.depth() for name, batcher in self._batchers.items()}
+
+    def embed(self, model: str, sources: list[ImageSource], options: EmbedOptions,
+              deadline: float | None = None, token: CancelToken | None = None) -> EmbedResult:  # fmt: skip
+        """`deadline` is a time.monotonic() value; past it the work is dropped, not run."""
+        self._check_request(sources, options)
+        entry = self.repository.resolve(model)
+        self.cache.get(entry.name)  # load (once) now: an unusable model fails before any decoding
+        tensors = self._preprocess(entry.name, sources)
+        futures = self.batcher(entry.name).submit(tensors, deadline)
+        (token or CancelToken()).attach(futures)
+        vectors = np.stack(self._collect(futures, deadline))
+        return self._post(entry, vectors, options)
+
+    def _check_request(self, sources: list[ImageSource], options: EmbedOptions) -> None:
+        if not sources:
+            raise InvalidRequest("request has no images")
+        if len(sources) > self.settings.max_images_per_request:
+            raise LimitExceeded(
+                f"{len(sources)} images exceeds max_images_per_request={self.settings.max_images_per_request}"
+            )
+        if (options.aggregate_only or options.normalize_aggregate) and not options.aggregate_mean:
+            raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
+
+    def _preprocess(self, name: str, sources: list[ImageSource]) -> list[np.ndarray]:
+        preprocessor = self._preprocessors[name]
+
+        def one(index: int) -> np.ndarray:
+            try:
+                return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
+            except InvalidImage as exc:
+                raise exc.at(index) from None
+
+        futures = [self.pool.submit(one, i) for i in range(len(sources))]
+        errors = [f.exception() for f in futures]
+        bad = [e for e in errors if e is not None]
+        if bad:
+            raise self._combined(bad)
+        return [f.result() for f in futures]
+
+    @staticmethod
+    def _combined(errors: list[BaseException]) -> BaseException:
+        for error in errors:
+            if not isinstance(error, EmbedderError):
+                return error  # an internal failure outranks bad input
+        if len(errors) == 1:
+            return errors[0]
+        shown = "; ".join(str(e) for e in errors[:MAX_ERRORS_LISTED])
+        more = f" (and {len(errors) - MAX_ERRORS_LISTED} more)" if len(errors) > MAX_ERRORS_LISTED else ""
+        first = errors[0]
+        return type(first)(f"{len(errors)} images rejected: {shown}{more}") if not isinstance(
+            first, InvalidImage
+        ) else InvalidRequest(f"{len(errors)} images rejected: {shown}{more}")
+
+    @staticmethod
+    def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
+        results = []
+        try:
+            for future in futures:
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                results.append(future.result(timeout=timeout))
+        except FutureTimeout:
+            raise DeadlineExpired("deadline exceeded while waiting for inference") from None
+        except CancelledError:
+            raise DeadlineExpired("request cancelled") from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for finished ones; frees queue slots of the rest
+        return results
+
+    @staticmethod
+    def _post(entry: ModelEntry, vectors: np.ndarray, options: EmbedOptions) -> EmbedResult:
+        if options.normalize:
+            vectors = l2_normalize(vectors)
+        aggregate = None
+        if options.aggregate_mean:
+            aggregate = vectors.astype(np.float64).mean(axis=0).astype(np.float32)
+            if options.normalize_aggregate:
+                aggregate = l2_normalize(aggregate)
+        if options.aggregate_only:
+            vectors = vectors[:0]
+        return EmbedResult(entry, vectors, aggregate)
+
+    def close(self) -> None:
+        with self._batchers_lock:
+            batchers = list(self._batchers.values())
+        for batcher in batchers:
+            batcher.close()
+        self.pool.shutdown(wait=True)

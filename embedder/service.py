@@ -1,0 +1,132 @@
+"""The protobuf edge (STYLE 7): requests become domain values, results and errors become messages.
+
+This is the one place errors are translated to gRPC statuses (STYLE 8): an `EmbedderError`
+carries its own status and message; anything else is logged with its traceback and answered with
+a plain INTERNAL that leaks nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import grpc
+import numpy as np
+
+from .engine import CancelToken, EmbedOptions, EmbedResult, Engine
+from .errors import EmbedderError
+from .repository import ModelEntry
+from .sessions import ModelState
+from .sources import ImageSource
+from .v1 import embedder_pb2 as pb
+from .v1 import embedder_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
+    ModelState.AVAILABLE: pb.MODEL_STATE_AVAILABLE,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.SERVING: pb.MODEL_STATE_SERVING,
+}
+
+ErrorObserver = Callable[[EmbedderError], None]
+
+
+def model_info(entry: ModelEntry) -> pb.ModelInfo:
+    spec = entry.spec
+    provenance = spec.provenance
+    return pb.ModelInfo(
+        name=spec.name,
+        aliases=list(spec.aliases),
+        family=spec.family,
+        pooling=spec.pooling,
+        dim=spec.embedding_dim,
+        onnx_sha256=spec.onnx_sha256 or "",
+        preprocessing_sha256=spec.preprocessing.sha256(),
+        weights=spec.weights_kind,
+        parity_verified=spec.verified,
+        source=provenance.source if provenance else "",
+        quantization=(provenance.quantization or "") if provenance else "",
+    )
+
+
+def _embedding(vector: np.ndarray) -> pb.Embedding:
+    return pb.Embedding(values=vector.tolist())
+
+
+def _sources(request: pb.EmbedRequest) -> list[ImageSource]:
+    return [
+        ImageSource(path=image.path) if image.WhichOneof("source") == "path" else ImageSource(data=image.data)
+        for image in request.images
+    ]
+
+
+def _options(request: pb.EmbedRequest) -> EmbedOptions:
+    return EmbedOptions(
+        normalize=request.normalize,
+        aggregate_mean=request.aggregate == pb.AGGREGATION_MEAN,
+        normalize_aggregate=request.normalize_aggregate,
+        aggregate_only=request.aggregate_only,
+    )
+
+
+@contextmanager
+def translated_errors(context: grpc.ServicerContext, on_error: ErrorObserver | None = None) -> Iterator[None]:
+    try:
+        yield
+    except EmbedderError as exc:
+        if on_error is not None:
+            on_error(exc)
+        context.abort(exc.code, exc.message)
+    except Exception:
+        log.exception("internal error")
+        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+
+
+class EmbedderService(pb_grpc.EmbedderServicer):
+    def __init__(self, engine: Engine, on_error: ErrorObserver | None = None) -> None:
+        self.engine = engine
+        self._on_error = on_error
+
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:  # noqa: N802
+        with translated_errors(context, self._on_error):
+            token = CancelToken()
+            context.add_callback(token.cancel)
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None else None
+            result = self.engine.embed(request.model, _sources(request), _options(request), deadline, token)
+            return self._response(result)
+        raise AssertionError("unreachable: abort raises")
+
+    @staticmethod
+    def _response(result: EmbedResult) -> pb.EmbedResponse:
+        response = pb.EmbedResponse(
+            embeddings=[_embedding(v) for v in result.embeddings], model=model_info(result.entry)
+        )
+        if result.aggregate is not None:
+            response.aggregate.CopyFrom(_embedding(result.aggregate))
+        return response
+
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:  # noqa: N802
+        with translated_errors(context):
+            cache = self.engine.cache
+            resident = set(cache.resident())
+            statuses = []
+            for name, entry in sorted(self.engine.repository.entries.items()):
+                state, error, load_seconds = cache.status(name)
+                size = entry.onnx_path.stat().st_size if entry.onnx_path.is_file() else 0
+                statuses.append(
+                    pb.ModelStatus(
+                        info=model_info(entry),
+                        state=_STATES[state],
+                        loaded=name in resident,
+                        error=error,
+                        load_seconds=load_seconds,
+                        onnx_bytes=size,
+                    )
+                )
+            return pb.ListModelsResponse(models=statuses)
+        raise AssertionError("unreachable: abort raises")

@@ -1,0 +1,62 @@
+"""Server settings: typed, validated once, passed in (STYLE 10).
+
+Each field is a `serve` flag (`--max-batch-size`) and an environment variable
+(`EMBEDDER_MAX_BATCH_SIZE`); a flag wins over the variable, the variable over the default.
+The field descriptions are the documentation (`embedder serve --help`, README table).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+MiB = 1 << 20
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = Field("127.0.0.1:50051", description="host:port to listen on (port 0 picks a free one)")
+    models_dir: Path = Field(Path("models"), description="model repository: one folder per model with model.json")
+    preload: bool = Field(False, description="load and warm every available model before reporting SERVING")
+    max_loaded: int = Field(4, ge=1, description="sessions resident at once; least recently used is evicted")
+    idle_ttl_s: float = Field(0.0, ge=0, description="evict a session idle this long (0 = never)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = CPUs available)")
+    preprocess_workers: int = Field(0, ge=0, description="decode/resize threads (0 = CPUs available)")
+    grpc_workers: int = Field(64, ge=1, description="gRPC handler threads (concurrent requests in progress)")
+    max_batch_size: int = Field(16, ge=1, le=1024, description="images per session.run")
+    max_batch_delay_ms: float = Field(2.0, ge=0, description="how long an idle batcher waits to fill a batch")
+    max_queue_images: int = Field(256, ge=1, description="images waiting per model; beyond: RESOURCE_EXHAUSTED")
+    max_message_bytes: int = Field(64 * MiB, ge=MiB, description="largest gRPC message, either direction")
+    max_images_per_request: int = Field(256, ge=1, description="images in one Embed request")
+    max_image_bytes: int = Field(32 * MiB, ge=1, description="encoded size of one image")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height from the header, before decoding")
+    max_resized_pixels: int = Field(16_000_000, ge=1, description="pixels after the shortest-edge resize")
+    image_root: Path | None = Field(None, description="allow Image.path inputs under this folder (off if unset)")
+    shutdown_grace_s: float = Field(15.0, ge=0, description="SIGTERM: time for in-flight calls to finish")
+    metrics_address: str | None = Field(None, description="host:port for the Prometheus endpoint (off if unset)")
+    log_format: str = Field("text", pattern="^(text|json)$", description="text or json log lines")
+    log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
+    tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS)")
+    auth_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens (prefer the file)")
+    auth_tokens_file: Path | None = Field(None, description="file with one bearer token per line")
+
+    @model_validator(mode="after")
+    def _tls_pairs(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (mTLS) needs tls_cert and tls_key")
+        return self
+
+    def tokens(self) -> frozenset[str]:
+        """Bearer tokens from the setting and the file; empty means auth is off."""
+        found: list[str] = []
+        if self.auth_tokens is not None:
+            found += self.auth_tokens.get_secret_value().split(",")
+        if self.auth_tokens_file is not None:
+            found += self.auth_tokens_file.read_text(encoding="utf-8").splitlines()
+        return frozenset(t.strip() for t in found if t.strip())
