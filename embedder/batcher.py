@@ -24,7 +24,7 @@ from .errors import DeadlineExpired, Overloaded, ShuttingDown
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
-BatchObserver = Callable[[int, float], None]
+BatchObserver = Callable[[str, int, float], None]  # model, batch size, seconds
 
 
 @dataclass(eq=False)
@@ -49,7 +49,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self._observer = observer or (lambda size, seconds: None)
+        self._observer = observer or (lambda name, size, seconds: None)
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -122,6 +122,6 @@ class Batcher:
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        self._observer(len(jobs), time.perf_counter() - started)
+        self._observer(self.name, len(jobs), time.perf_counter() - started)
         for job, row in zip(jobs, out):
             job.future.set_result(row)

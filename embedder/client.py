@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import grpc
 import numpy as np
@@ -115,7 +115,7 @@ class EmbedderClient:
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
-    def __enter__(self) -> EmbedderClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -173,7 +173,7 @@ class AsyncEmbedderClient:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = pb_grpc.EmbedderStub(self.channel)
 
-    async def __aenter__(self) -> AsyncEmbedderClient:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -20,6 +20,7 @@ from .repository import Repository
 from .service import EmbedderService
 from .sessions import ModelState, SessionCache
 from .settings import Settings
+from .telemetry import Telemetry
 from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
 
@@ -34,6 +35,8 @@ class EmbedderServer:
         self.settings = settings
         self.repository = Repository.scan(settings.models_dir)
         self.plan = plan_threads(settings.intra_op_threads or None, settings.preprocess_workers or None)
+        self.telemetry = Telemetry()
+        self.metrics_port: int | None = None
         self.health = health.HealthServicer(
             experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(1, "health")
         )
@@ -43,7 +46,8 @@ class EmbedderServer:
             self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
         )
         self.engine = Engine(settings, self.repository, self.cache, self.plan.preprocess_workers,
-                             batch_observer=self._observe_batch)  # fmt: skip
+                             batch_observer=self.telemetry.batch_done)  # fmt: skip
+        self.telemetry.track(self.engine.queue_depths, lambda: len(self.cache.resident()))
         self.server = self._build_grpc_server()
         self.port = 0
 
@@ -55,7 +59,7 @@ class EmbedderServer:
             interceptors=interceptors,
             options=[*channel_options(self.settings.max_message_bytes, round_robin=False), ("grpc.so_reuseport", 0)],
         )
-        pb_grpc.add_EmbedderServicer_to_server(EmbedderService(self.engine, self._observe_error), server)
+        pb_grpc.add_EmbedderServicer_to_server(EmbedderService(self.engine, self.telemetry), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -84,6 +88,9 @@ class EmbedderServer:
         if self.port == 0:
             raise OSError(f"cannot bind {self.settings.address}")
         self.server.start()
+        if self.settings.metrics_address:
+            self.metrics_port = self.telemetry.serve(self.settings.metrics_address)
+            log.info("metrics on %s (port %d)", self.settings.metrics_address, self.metrics_port)
         log.info(
             "threads: %d CPUs available -> ORT intra-op %d, preprocess workers %d, gRPC workers %d",
             self.plan.cpus, self.plan.intra_op, self.plan.preprocess_workers, self.settings.grpc_workers,
@@ -108,14 +115,13 @@ class EmbedderServer:
             except EmbedderError as exc:
                 log.error("model %s failed to preload: %s", name, exc.message)
 
-    def _model_state(self, name: str, state: ModelState) -> None:
+    def _model_state(self, name: str, state: ModelState, load_seconds: float) -> None:
         self.health.set(name, _SERVING if state is ModelState.SERVING else _NOT_SERVING)
-
-    def _observe_batch(self, size: int, seconds: float) -> None:
-        """Hook for metrics."""
-
-    def _observe_error(self, error: EmbedderError) -> None:
-        """Hook for metrics."""
+        if state is ModelState.SERVING:
+            self.telemetry.loads.labels(name).inc()
+            self.telemetry.load_seconds.labels(name).set(load_seconds)
+        elif state is ModelState.AVAILABLE:  # only ever reached by eviction
+            self.telemetry.evictions.labels(name).inc()
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING everywhere, refuse new calls, wait for in-flight ones up to `grace` seconds."""

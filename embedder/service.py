@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
 import numpy as np
 
 from .engine import CancelToken, EmbedOptions, EmbedResult, Engine
-from .errors import EmbedderError
+from .errors import EmbedderError, InvalidImage
 from .repository import ModelEntry
 from .sessions import ModelState
 from .sources import ImageSource
+from .telemetry import Telemetry
 from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
 
@@ -32,7 +34,7 @@ _STATES = {
     ModelState.SERVING: pb.MODEL_STATE_SERVING,
 }
 
-ErrorObserver = Callable[[EmbedderError], None]
+REQUEST_ID_KEY = "x-request-id"
 
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:
@@ -73,33 +75,63 @@ def _options(request: pb.EmbedRequest) -> EmbedOptions:
     )
 
 
+class Outcome:
+    """The status a call ended with, for the access log and metrics."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    error: EmbedderError | None = None
+
+
 @contextmanager
-def translated_errors(context: grpc.ServicerContext, on_error: ErrorObserver | None = None) -> Iterator[None]:
+def translated_errors(context: grpc.ServicerContext, request_id: str = "-") -> Iterator[Outcome]:
+    outcome = Outcome()
     try:
-        yield
+        yield outcome
     except EmbedderError as exc:
-        if on_error is not None:
-            on_error(exc)
+        outcome.code, outcome.error = exc.code, exc
         context.abort(exc.code, exc.message)
     except Exception:
-        log.exception("internal error")
-        context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        outcome.code = grpc.StatusCode.INTERNAL
+        log.exception("internal error (request %s)", request_id, extra={"request_id": request_id})
+        context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
+
+
+def request_id(context: grpc.ServicerContext) -> str:
+    """The caller's x-request-id, or a new one; echoed back in the response metadata."""
+    given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
+    rid = str(given)[:128] if given else uuid.uuid4().hex[:16]
+    context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    return rid
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
-    def __init__(self, engine: Engine, on_error: ErrorObserver | None = None) -> None:
+    def __init__(self, engine: Engine, telemetry: Telemetry) -> None:
         self.engine = engine
-        self._on_error = on_error
+        self.telemetry = telemetry
 
-    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:  # noqa: N802
-        with translated_errors(context, self._on_error):
-            token = CancelToken()
-            context.add_callback(token.cancel)
-            remaining = context.time_remaining()
-            deadline = time.monotonic() + remaining if remaining is not None else None
-            result = self.engine.embed(request.model, _sources(request), _options(request), deadline, token)
-            return self._response(result)
+    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
+        started = time.perf_counter()
+        rid = request_id(context)
+        try:
+            with translated_errors(context, rid) as outcome:
+                token = CancelToken()
+                context.add_callback(token.cancel)
+                remaining = context.time_remaining()
+                deadline = time.monotonic() + remaining if remaining is not None else None
+                result = self.engine.embed(request.model, _sources(request), _options(request), deadline, token)
+                return self._response(result)
+        finally:
+            self._record(request, outcome, time.perf_counter() - started, rid)
         raise AssertionError("unreachable: abort raises")
+
+    def _record(self, request: pb.EmbedRequest, outcome: Outcome, seconds: float, rid: str) -> None:
+        if isinstance(outcome.error, InvalidImage):
+            self.telemetry.decode_failed(outcome.error.kind)
+        try:
+            model = self.engine.repository.resolve(request.model).name
+        except EmbedderError:
+            model = "unknown"  # never a caller-chosen label: that would let clients grow the metric set
+        self.telemetry.request_done(model, len(request.images), outcome.code.name, seconds, rid)
 
     @staticmethod
     def _response(result: EmbedResult) -> pb.EmbedResponse:
@@ -110,7 +142,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             response.aggregate.CopyFrom(_embedding(result.aggregate))
         return response
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:  # noqa: N802
+    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
         with translated_errors(context):
             cache = self.engine.cache
             resident = set(cache.resident())

@@ -46,7 +46,7 @@ class _Resident:
     last_used: float = field(default_factory=time.monotonic)
 
 
-StateListener = Callable[[str, ModelState], None]
+StateListener = Callable[[str, ModelState, float], None]  # name, new state, load seconds
 
 
 class SessionCache:
@@ -64,7 +64,7 @@ class SessionCache:
         self.idle_ttl_s = idle_ttl_s
         self.loads: dict[str, int] = {name: 0 for name in repository.entries}
         self.evictions = 0
-        self._listener = listener or (lambda name, state: None)
+        self._listener = listener or (lambda name, state, seconds: None)
         self._lock = threading.Lock()
         self._model_locks = {name: threading.Lock() for name in repository.entries}
         self._resident: OrderedDict[str, _Resident] = OrderedDict()
@@ -178,7 +178,7 @@ class SessionCache:
 
     def _set(self, name: str, status: _Status) -> None:
         self._status[name] = status
-        self._listener(name, status.state)
+        self._listener(name, status.state, status.load_seconds)
 
     def start_reaper(self) -> None:
         if self.idle_ttl_s <= 0 or self._reaper is not None:

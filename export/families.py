@@ -5,9 +5,10 @@ the gate compares against, and the module that is exported to the common graph c
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import AutoImageProcessor, CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
