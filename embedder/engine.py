@@ -92,7 +92,7 @@ class Engine:
                 self._batchers[name] = Batcher(
                     name,
                     lambda pixels: run(self.cache.get(name), pixels),
-                    max_batch=self.settings.max_batch_size,
+                    max_batch=self.settings.max_batch_size if self.repository.entries[name].spec.batch_invariant else 1,
                     max_delay_s=self.settings.max_batch_delay_ms / 1000,
                     max_queue=self.settings.max_queue_images,
                     observer=self._batch_observer,

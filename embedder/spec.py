@@ -138,6 +138,9 @@ class ModelSpec(_Frozen):
     # None until the model is exported (committed model.json files carry the processor values only).
     onnx_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     preprocessing: Preprocessing
+    # False for graphs whose rows depend on their batch-mates (dynamic int8 quantisation scales
+    # activations per tensor): the server then runs them one image per session.run.
+    batch_invariant: bool = True
     provenance: Provenance | None = None
     parity: Parity | None = None
 

@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from embedder.cpus import plan_threads
 from embedder.spec import SPEC_FILE, ModelSpec, Provenance, file_sha256, write_spec
 
 from . import families
 from .architectures import ARCHITECTURES, architecture
 from .convert import DEFAULT_OPSET, export_onnx
-from .parity import gate_images, report_outcome, run_gate
+from .parity import INT8, gate_images, report_outcome, run_gate
+from .quantize import SCHEME, fp32_reference, quantize_int8
 from .spec_writer import library_versions, preprocessing_from_processor
 
 log = logging.getLogger("export")
@@ -41,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--alias", action="append", default=[], help="extra name the server accepts (repeatable)")
     parser.add_argument("--images", type=Path, help="a folder of extra images (e.g. real photos) for the gate")
     parser.add_argument("--no-huge", action="store_true", help="leave the >= 4000 px images out of the gate")
+    parser.add_argument("--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)")
     args = parser.parse_args(argv)
     args.pooling = args.pooling or families.POOLINGS[args.family][0]
     if args.pooling not in families.POOLINGS[args.family]:
@@ -61,9 +64,12 @@ def checkpoint_source(args: argparse.Namespace, scratch: Path) -> tuple[str, lis
     return args.source, [] if is_local else [args.source]
 
 
-def build_spec(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str]) -> ModelSpec:
+def build_spec(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path,
+               quantization: str | None = None) -> ModelSpec:  # fmt: skip
     source = args.source if not Path(args.source).exists() else str(Path(args.source).resolve())
-    name = args.out.name
+    name = out.name
+    if quantization:
+        aliases = [f"{alias}:{args.quantize}" for alias in aliases]
     return ModelSpec(
         name=name,
         aliases=tuple(dict.fromkeys(a for a in [*aliases, *args.alias] if a != name)),
@@ -71,32 +77,55 @@ def build_spec(args: argparse.Namespace, loaded: families.Loaded, aliases: list[
         pooling=args.pooling,
         embedding_dim=loaded.embedding_dim,
         onnx_file=ONNX_FILE,
-        onnx_sha256=file_sha256(args.out / ONNX_FILE),
+        onnx_sha256=file_sha256(out / ONNX_FILE),
         preprocessing=preprocessing_from_processor(loaded.processor),
+        batch_invariant=quantization is None,
         provenance=Provenance(
             source=source,
             weights="random-init" if args.random_init else "pretrained",
             seed=args.seed if args.random_init else None,
             exporter="torch.onnx.export (TorchScript) via export.convert",
             opset=args.opset,
+            quantization=quantization,
             versions=library_versions(),
         ),
     )
 
 
+def export_fp32(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path) -> int:
+    """Export the fp32 graph to `out` and run the parity gate against PyTorch; the gate's status."""
+    out.mkdir(parents=True, exist_ok=True)
+    height, width = preprocessing_from_processor(loaded.processor).input_size()
+    export_onnx(loaded.exportable(args.pooling, height, width), out / ONNX_FILE, height, width, args.opset)
+    write_spec(build_spec(args, loaded, aliases, out), out / SPEC_FILE)
+    log.info("exported %s; running the parity gate against PyTorch", out)
+    return report_outcome(run_gate(out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images)))
+
+
+def export_quantized(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], scratch: Path) -> int:
+    """fp32 export (gated) in scratch, then the int8 graph in args.out gated by cosine to fp32."""
+    fp32_dir = scratch / "fp32" / args.out.name
+    if export_fp32(args, loaded, aliases, fp32_dir) != 0:
+        log.error("the fp32 graph failed its gate; not quantising")
+        return 1
+    args.out.mkdir(parents=True, exist_ok=True)
+    quantize_int8(fp32_dir / ONNX_FILE, args.out / ONNX_FILE)
+    write_spec(build_spec(args, loaded, aliases, args.out, quantization=SCHEME), args.out / SPEC_FILE)
+    log.info("quantised %s (%s); gating against the fp32 graph", args.out, SCHEME)
+    reference = fp32_reference(fp32_dir / ONNX_FILE, plan_threads().intra_op)
+    images = gate_images(include_huge=not args.no_huge, directory=args.images)
+    return report_outcome(run_gate(args.out, loaded, images, reference, INT8))
+
+
 def export_model(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
-        source, aliases = checkpoint_source(args, Path(scratch))
+        source, aliases = checkpoint_source(args, Path(scratch) / "checkpoint")
         loaded = families.load(args.family, source, args.pooling)
-        preprocessing = preprocessing_from_processor(loaded.processor)
-        height, width = preprocessing.input_size()
-        export_onnx(loaded.exportable(args.pooling, height, width), args.out / ONNX_FILE, height, width, args.opset)
-        write_spec(build_spec(args, loaded, aliases), args.out / SPEC_FILE)
-        log.info("exported %s in %.1f s; running the parity gate", args.out, time.perf_counter() - started)
-        report = run_gate(args.out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images))
-    status = report_outcome(report)
+        if args.quantize:
+            status = export_quantized(args, loaded, aliases, Path(scratch))
+        else:
+            status = export_fp32(args, loaded, aliases, args.out)
     log.info("export of %s took %.1f s in all", args.out.name, time.perf_counter() - started)
     return status
 
