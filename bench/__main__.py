@@ -1,0 +1,110 @@
+"""`make bench`: one run, same images, every side measured; writes bench/RESULTS.md and results.json.
+
+    python -m bench --models-dir models [--smoke] [--clip NAME] [--dinov2 NAME]
+
+--smoke runs seconds-long measurements (CI), on whatever models are named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+from embedder.cpus import available_cpus
+from embedder.repository import Repository
+from export.spec_writer import library_versions
+
+from . import measure
+from .images import bench_images
+from .report import render
+from .service import ServerProcess, run_load
+
+LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--clip", default="clip-vit-base-patch32")
+    parser.add_argument("--dinov2", default="dinov2-small")
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
+    parser.add_argument("--out", type=Path, default=Path("bench"))
+    return parser.parse_args()
+
+
+def machine() -> dict[str, object]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    flags = Path("/proc/cpuinfo").read_text()
+    return {
+        "cpu": cpu,
+        "cpus_available": available_cpus(),
+        "avx512": "avx512f" in flags,
+        "vnni": "vnni" in flags,
+        "python": platform.python_version(),
+        "versions": library_versions(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def bench_model(repo: Repository, name: str, images: list[bytes], images_dir: Path, server: ServerProcess,
+                seconds: float, scratch: Path) -> dict[str, object]:  # fmt: skip
+    entry = repo.entries[name]
+    frames = images[:-4] if len(images) > 4 else images
+    result: dict[str, object] = {"model": name, "weights": entry.spec.weights_kind, "dim": entry.spec.embedding_dim}
+    result["pytorch"] = measure.torch_pipeline(entry.spec, frames, seconds, scratch / name)
+    result["ceiling_default"] = measure.ceiling(entry.onnx_path, entry.spec, seconds)
+    result["ceiling_served_settings"] = measure.ceiling(entry.onnx_path, entry.spec, seconds, default_settings=False)
+    result["decode_ms"] = measure.decode_cost(entry.spec, frames, seconds / 2)
+    result["service"] = [
+        run_load(server.address, name, images_dir, c, k, seconds * 1.5, warmup=min(2.0, seconds / 2))
+        for c, k in LOADS
+    ]
+    int8 = repo.entries.get(f"{name}-int8")
+    if int8 is not None and int8.onnx_path.exists():
+        result["int8"] = {"ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds)}
+    return result
+
+
+def main() -> int:
+    args = parse_args()
+    seconds = 1.0 if args.smoke else 10.0
+    repo = Repository.scan(args.models_dir)
+    names = [n for n in (args.clip, args.dinov2) if n in repo.entries]
+    images = bench_images(count=16 if args.smoke else 64, large=1 if args.smoke else 4)
+    results: dict[str, object] = {"machine": machine(), "smoke": args.smoke, "seconds_per_measurement": seconds}
+    with tempfile.TemporaryDirectory() as tmp:
+        scratch, images_dir, clip_only = Path(tmp), Path(tmp) / "images", Path(tmp) / "clip-only"
+        images_dir.mkdir()
+        for i, data in enumerate(images):
+            (images_dir / f"{i:04d}.jpg").write_bytes(data)
+        clip_only.mkdir()
+        (clip_only / args.clip).symlink_to((args.models_dir / args.clip).resolve())
+        cold = ServerProcess(clip_only)
+        results["cold_start_clip_s"] = cold.ready_seconds
+        cold.stop()
+        models_dir = scratch / "served"
+        models_dir.mkdir()
+        for name in names:
+            (models_dir / name).symlink_to((args.models_dir / name).resolve())
+        server = ServerProcess(models_dir)
+        try:
+            results["models"] = [bench_model(repo, n, images, images_dir, server, seconds, scratch) for n in names]
+            results["rss_both_loaded_mb"] = server.rss_mb()
+            results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
+        finally:
+            server.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "-smoke" if args.smoke else ""
+    (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / f"RESULTS{suffix}.md").write_text(render(results))
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

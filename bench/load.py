@@ -1,0 +1,90 @@
+"""Load generator, run as its own process so the client's CPU is not the server's Python:
+
+    python -m bench.load --server ADDR --model M --concurrency C --per-request K --seconds S --images DIR
+
+Prints one JSON object: images/s, requests, p50/p99 latency (ms), errors by status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from embedder.client import build_request, channel_options
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--per-request", type=int, default=1)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--max-requests", type=int, default=1_000_000)
+    args = parser.parse_args()
+    images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
+    channel = grpc.insecure_channel(args.server, options=channel_options(256 << 20, round_robin=False))
+    stub = pb_grpc.EmbedderStub(channel)
+    print(json.dumps(drive(stub, args, images)))
+
+
+def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[bytes]) -> dict[str, object]:
+    lock = threading.Lock()
+    latencies: list[float] = []
+    codes: Counter[str] = Counter()
+    counter = iter(range(10**12))
+    start = time.perf_counter()
+    measure_from = start + args.warmup
+    stop_at = measure_from + args.seconds
+
+    def worker() -> None:
+        while time.perf_counter() < stop_at:
+            n = next(counter)
+            if n >= args.max_requests:
+                return
+            batch = [images[(n * args.per_request + i) % len(images)] for i in range(args.per_request)]
+            request = build_request(args.model, batch)
+            sent = time.perf_counter()
+            try:
+                stub.Embed(request, timeout=120)
+                code = "OK"
+            except grpc.RpcError as exc:
+                code = exc.code().name  # type: ignore[attr-defined]
+            done = time.perf_counter()
+            if measure_from <= done <= stop_at:  # completions inside the window count
+                with lock:
+                    codes[code] += 1
+                    if sent >= measure_from:
+                        latencies.append(done - sent)
+
+    threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ok = codes.get("OK", 0)
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "concurrency": args.concurrency,
+        "per_request": args.per_request,
+        "seconds": args.seconds,
+        "requests": int(sum(codes.values())),
+        "images_per_s": ok * args.per_request / args.seconds,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "codes": dict(codes),
+    }
+
+
+if __name__ == "__main__":
+    main()

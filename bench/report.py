@@ -1,0 +1,88 @@
+"""results.json -> RESULTS.md, with the issue's target ratios checked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ratios(m: dict[str, Any]) -> dict[str, float]:
+    service = {(s["concurrency"], s["per_request"]): s for s in m["service"]}
+    ceiling = m["ceiling_default"]
+    out = {
+        "service_c16_over_ceiling_b8": service[(16, 1)]["images_per_s"] / ceiling["batch8"]["images_per_s"],
+        "service_c16_over_pytorch_single": service[(16, 1)]["images_per_s"] / m["pytorch"]["one_at_a_time_images_per_s"],
+        "p50_c1_over_b1_plus_decode": service[(1, 1)]["p50_ms"] / (ceiling["batch1"]["ms_per_batch"] + m["decode_ms"]),
+    }
+    if "int8" in m:
+        int8 = m["int8"]["ceiling_default"]
+        out["int8_b1_over_fp32_b1"] = int8["batch1"]["images_per_s"] / ceiling["batch1"]["images_per_s"]
+        out["int8_b1_over_fp32_b8"] = int8["batch1"]["images_per_s"] / ceiling["batch8"]["images_per_s"]
+    return out
+
+
+TARGETS = {
+    "service_c16_over_ceiling_b8": (">=", 0.93),
+    "service_c16_over_pytorch_single": (">=", 2.6),
+    "p50_c1_over_b1_plus_decode": ("<=", 1.25),
+    "int8_b1_over_fp32_b1": (">=", 1.4),
+}
+
+
+def _verdict(key: str, value: float) -> str:
+    if key not in TARGETS:
+        return ""
+    op, target = TARGETS[key]
+    ok = value >= target if op == ">=" else value <= target
+    return f"{op} {target}: {'met' if ok else 'NOT met'}"
+
+
+def _model_section(m: dict[str, Any]) -> list[str]:
+    lines = [f"### {m['model']} (dim {m['dim']}, weights: {m['weights']})", ""]
+    lines += ["| side | setting | images/s | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
+    p = m["pytorch"]
+    lines.append(f"| PyTorch pipeline (HF slow processor + eager) | one at a time | {p['one_at_a_time_images_per_s']:.2f} | | |")
+    lines.append(f"| PyTorch pipeline | batch 8 | {p['batch8_images_per_s']:.2f} | | |")
+    for label, key in (("ORT model-only, default settings", "ceiling_default"),
+                       ("ORT model-only, served settings", "ceiling_served_settings")):  # fmt: skip
+        for batch, row in m[key].items():
+            lines.append(f"| {label} | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |")
+    if "int8" in m:
+        for batch, row in m["int8"]["ceiling_default"].items():
+            lines.append(f"| ORT model-only int8 | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |")
+    for s in m["service"]:
+        setting = f"concurrency {s['concurrency']}, {s['per_request']} image(s)/request"
+        errors = {k: v for k, v in s["codes"].items() if k != "OK"}
+        note = f" errors {errors}" if errors else ""
+        lines.append(f"| this service over gRPC | {setting}{note} | {s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
+    lines += ["", f"Decode + preprocess of one 640x480 JPEG: {m['decode_ms']:.2f} ms.", "", "| ratio | value | target |", "|---|---:|---|"]
+    for key, value in _ratios(m).items():
+        lines.append(f"| {key} | {value:.3f} | {_verdict(key, value)} |")
+    return lines + [""]
+
+
+def render(results: dict[str, Any]) -> str:
+    mach = results["machine"]
+    lines = [
+        "# Benchmark results" + (" (smoke run: too short to quote)" if results["smoke"] else ""),
+        "",
+        f"Measured {mach['date']} by `make bench` (`python -m bench --models-dir models`), all sides in one run,",
+        f"same images (640x480 JPEG frames plus 4032x3024 photos), {results['seconds_per_measurement']} s per measurement.",
+        f"Machine: {mach['cpu']}, {mach['cpus_available']} CPUs available, AVX-512 {mach['avx512']}, VNNI {mach['vnni']};",
+        f"Python {mach['python']}; " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()) + ".",
+        "The service and the load generator are separate processes on the same machine.",
+        "",
+    ]
+    for model in results.get("models", []):
+        lines += _model_section(model)
+    onnx_total = sum(results.get("onnx_mb", {}).values())
+    budget = 1.5 * onnx_total + 200
+    rss = results.get("rss_both_loaded_mb", float("nan"))
+    lines += [
+        "### Start-up and memory",
+        "",
+        f"- Cold start to SERVING with CLIP preloaded (process spawn -> health SERVING): {results['cold_start_clip_s']:.2f} s (target <= 3 s).",
+        (f"- Resident memory with both models loaded and warm: {rss:.0f} MB; onnx files {onnx_total:.0f} MB; "
+        f"budget 1.5 x files + 200 MB = {budget:.0f} MB: {'met' if rss <= budget else 'NOT met'}."),
+        "",
+    ]
+    return "\n".join(lines)
