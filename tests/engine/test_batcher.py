@@ -1,0 +1,97 @@
+"""The batcher alone, with a plain numpy function as the model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from embedder.batcher import Batcher
+from embedder.errors import DeadlineExpired, Overloaded
+
+
+def _pixels(value: float) -> np.ndarray:
+    return np.full((3, 2, 2), value, dtype=np.float32)
+
+
+class Recorder:
+    """Sums each image; remembers every batch it ran; can hold a run until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.gate.wait(5)
+        self.batches.append([float(x[0, 0, 0]) for x in batch])
+        return batch.sum(axis=(2, 3))
+
+
+def test_rows_come_back_in_order_and_batches_respect_the_maximum() -> None:
+    model = Recorder()
+    model.gate.clear()
+    batcher = Batcher("m", model, max_batch=4, max_delay_s=0.05, max_queue=100)
+    first = batcher.submit([_pixels(-1)], None)  # occupies the runner while the rest queue up
+    time.sleep(0.1)
+    futures = batcher.submit([_pixels(i) for i in range(10)], None)
+    model.gate.set()
+    values = [f.result(5)[0] for f in futures]
+    assert first[0].result(5)[0] == pytest.approx(-4.0)
+    assert values == pytest.approx([i * 4.0 for i in range(10)])
+    assert all(len(b) <= 4 for b in model.batches)
+    assert [v for b in model.batches[1:] for v in b] == list(range(10))
+    batcher.close()
+
+
+def test_full_queue_is_refused_at_once() -> None:
+    model = Recorder()
+    model.gate.clear()
+    batcher = Batcher("m", model, max_batch=1, max_delay_s=0.0, max_queue=3)
+    batcher.submit([_pixels(0)], None)
+    time.sleep(0.05)  # taken by the runner, held at the gate
+    batcher.submit([_pixels(1), _pixels(2), _pixels(3)], None)
+    started = time.perf_counter()
+    with pytest.raises(Overloaded, match="max_queue_images=3"):
+        batcher.submit([_pixels(4)], None)
+    assert time.perf_counter() - started < 0.05
+    model.gate.set()
+    batcher.close()
+
+
+def test_expired_and_cancelled_work_never_reaches_the_model() -> None:
+    model = Recorder()
+    model.gate.clear()
+    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100)
+    batcher.submit([_pixels(0)], None)
+    time.sleep(0.05)
+    expired = batcher.submit([_pixels(1)], deadline=time.monotonic() + 0.01)
+    cancelled = batcher.submit([_pixels(2)], None)
+    kept = batcher.submit([_pixels(3)], None)
+    assert cancelled[0].cancel()
+    time.sleep(0.05)
+    model.gate.set()
+    assert kept[0].result(5)[0] == pytest.approx(12.0)
+    with pytest.raises(DeadlineExpired):
+        expired[0].result(5)
+    ran = [v for b in model.batches for v in b]
+    assert 1.0 not in ran and 2.0 not in ran and 3.0 in ran
+    batcher.close()
+
+
+def test_a_failing_run_fails_every_request_in_it_and_the_batcher_survives() -> None:
+    calls = []
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return batch.sum(axis=(2, 3))
+
+    batcher = Batcher("m", flaky, max_batch=8, max_delay_s=0.0, max_queue=100)
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.submit([_pixels(1)], None)[0].result(5)
+    assert batcher.submit([_pixels(2)], None)[0].result(5)[0] == pytest.approx(8.0)
+    batcher.close()
