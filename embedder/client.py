@@ -89,9 +89,13 @@ class ClientConfig:
     backoff: float = 0.1  # first retry delay; doubles, with jitter
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     token: str | None = None
-    root_ca: bytes | None = None  # TLS when set
+    tls: bool = False  # TLS with the system's trusted CAs (or root_ca)
+    root_ca: bytes | None = None  # TLS with this CA
     client_cert: bytes | None = None  # mTLS
     client_key: bytes | None = None
+
+    def secure(self) -> bool:
+        return self.tls or self.root_ca is not None
 
     def metadata(self) -> list[tuple[str, str]]:
         return [("authorization", f"Bearer {self.token}")] if self.token else []
@@ -107,7 +111,7 @@ class EmbedderClient:
     def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
         self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
         options = channel_options(self.config.max_message_bytes)
-        if self.config.root_ca is not None:
+        if self.config.secure():
             creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
             self.channel = grpc.secure_channel(target, creds, options=options)
         else:
@@ -166,7 +170,7 @@ class AsyncEmbedderClient:
     def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
         self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
         options = channel_options(self.config.max_message_bytes)
-        if self.config.root_ca is not None:
+        if self.config.secure():
             creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
             self.channel = grpc.aio.secure_channel(target, creds, options=options)
         else:

@@ -85,7 +85,8 @@ def _check_size(image: Image.Image, limits: DecodeLimits) -> None:
         raise InvalidImage(f"invalid dimensions {width}x{height}", kind="undecodable")
     if width * height > limits.max_pixels:
         raise InvalidImage(
-            f"{width}x{height} = {width * height} pixels exceeds max_pixels={limits.max_pixels}",
+            # Named as the setting an operator would raise (`max_image_pixels`), not the field.
+            f"{width}x{height} = {width * height} pixels exceeds max_image_pixels={limits.max_pixels}",
             kind="too_large",
         )
 

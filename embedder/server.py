@@ -57,7 +57,7 @@ class EmbedderServer:
         server = grpc.server(
             ThreadPoolExecutor(self.settings.grpc_workers, thread_name_prefix="grpc"),
             interceptors=interceptors,
-            options=[*channel_options(self.settings.max_message_bytes, round_robin=False), ("grpc.so_reuseport", 0)],
+            options=self._options(),
         )
         pb_grpc.add_EmbedderServicer_to_server(EmbedderService(self.engine, self.telemetry), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -65,6 +65,16 @@ class EmbedderServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
         )
         return server
+
+    def _options(self) -> list[tuple[str, object]]:
+        options = [*channel_options(self.settings.max_message_bytes, round_robin=False), ("grpc.so_reuseport", 0)]
+        if self.settings.max_connection_age_s > 0:
+            # Clients re-resolve DNS only when a connection ends: without this, replicas added by an
+            # autoscaler are never used by clients already connected.
+            age_ms = int(self.settings.max_connection_age_s * 1000)
+            options += [("grpc.max_connection_age_ms", age_ms),
+                        ("grpc.max_connection_age_grace_ms", int(self.settings.shutdown_grace_s * 1000))]  # fmt: skip
+        return options
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings

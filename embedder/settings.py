@@ -34,6 +34,9 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(40_000_000, ge=1, description="width x height from the header, before decoding")
     max_resized_pixels: int = Field(16_000_000, ge=1, description="pixels after the shortest-edge resize")
     image_root: Path | None = Field(None, description="allow Image.path inputs under this folder (off if unset)")
+    max_connection_age_s: float = Field(
+        0.0, ge=0, description="close client connections after this long so clients re-resolve DNS (0 = never)"
+    )
     shutdown_grace_s: float = Field(15.0, ge=0, description="SIGTERM: time for in-flight calls to finish")
     metrics_address: str | None = Field(None, description="host:port for the Prometheus endpoint (off if unset)")
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json log lines")

