@@ -1,0 +1,35 @@
+"""A seconds-long run of the benchmark harness on the tiny models: every side is measured and the
+report is complete. The figures themselves come from `make bench` on the full-size models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    command = [sys.executable, "-m", "bench", "--smoke", "--models-dir", str(models_root),
+               "--clip", "tiny-clip", "--dinov2", "tiny-dinov2", "--out", str(out)]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "results-smoke.json").read_text())
+    assert results["cold_start_clip_s"] > 0
+    assert results["rss_both_loaded_mb"] > 0
+    assert [m["model"] for m in results["models"]] == ["tiny-clip", "tiny-dinov2"]
+    for model in results["models"]:
+        assert model["pytorch"]["one_at_a_time_images_per_s"] > 0
+        assert set(model["ceiling_default"]) == {"batch1", "batch8", "batch32"}
+        for run in model["service"]:
+            assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
+    report = (out / "RESULTS-smoke.md").read_text()
+    for needle in ("service_c16_over_ceiling_b8", "service_c16_over_pytorch_single", "p50_c1_over_b1_plus_decode",
+                   "Cold start to SERVING", "Resident memory"):  # fmt: skip
+        assert needle in report
