@@ -84,12 +84,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _client(args: argparse.Namespace) -> Any:
+def _client(args: argparse.Namespace, retries: int = 4) -> Any:
     from .client import EmbedderClient
 
     token = os.environ.get(f"{ENV_PREFIX}TOKEN")
     root_ca = Path(args.tls_ca).read_bytes() if getattr(args, "tls_ca", None) else None
-    return EmbedderClient(args.server, timeout=args.timeout, token=token, root_ca=root_ca)
+    return EmbedderClient(args.server, timeout=args.timeout, token=token, root_ca=root_ca, retries=retries)
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -110,7 +110,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_health(args: argparse.Namespace) -> int:
     """Exit 0 when SERVING (the Docker HEALTHCHECK and scripts rely on this), 1 otherwise."""
-    with _client(args) as client:
+    with _client(args, retries=0) as client:  # a probe answers now, within --timeout
         status = client.health(args.model or "")
     print(status)
     return 0 if status == "SERVING" else 1

@@ -1,0 +1,260 @@
+"""The `embedder` command line as a user runs it (subprocesses), and settings from flags and env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
+
+from embedder.cli import build_parser, settings_from
+from embedder.spec import SPEC_FILE, load_spec
+from export.images import ParityImage
+
+if TYPE_CHECKING:
+    from tests.server.conftest import Served
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+STARTUP_BUDGET_S = 3.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """No EMBEDDER_* from the developer's shell leaks into a subprocess."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}, **extra}
+
+
+def embedder(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "embedder", *map(str, args)],
+        cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory, parity_set: list[ParityImage]) -> list[Path]:
+    folder = tmp_path_factory.mktemp("files")
+    paths = []
+    for item in (parity_set[0], parity_set[21], parity_set[29]):  # JPEG, grey PNG, RGBA PNG
+        paths.append(folder / item.name)
+        paths[-1].write_bytes(item.data)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip_dir: Path) -> str:
+    return load_spec(tiny_clip_dir / SPEC_FILE).name
+
+
+def test_embed_prints_one_unit_vector_per_file(tiny_server: Served, files: list[Path], clip: str) -> None:
+    done = embedder("embed", *files, "--model", clip, "--normalize", "--aggregate", "mean", "--server",
+                    tiny_server.address, "--no-progress")  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    *lines, last = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(f) for f in files]
+    assert {line["model"] for line in lines} == {clip}
+    printed = np.array([line["embedding"] for line in lines], dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(printed.astype(np.float64), axis=1), 1.0, rtol=0, atol=1e-6)
+    expected = tiny_server.client.embed(clip, files, normalize=True).embeddings
+    np.testing.assert_array_equal(printed, expected)
+    assert last["aggregate"] == "mean" and last["count"] == len(files)
+    np.testing.assert_allclose(last["embedding"], expected.astype(np.float64).mean(0), rtol=0, atol=1e-6)
+
+
+def test_embed_with_an_unknown_model_fails_with_not_found(tiny_server: Served, files: list[Path]) -> None:
+    done = embedder(
+        "embed", files[0], "--model", "no-such-model", "--server", tiny_server.address, "--no-progress"
+    )
+    assert done.returncode != 0
+    assert "NOT_FOUND" in done.stderr and "no-such-model" in done.stderr
+    assert done.stdout == ""
+
+
+def test_models_prints_json(tiny_server: Served, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> None:
+    done = embedder("models", "--server", tiny_server.address)
+    assert done.returncode == 0, done.stderr
+    models = {m["info"]["name"]: m for m in json.loads(done.stdout)}
+    for directory in (tiny_clip_dir, tiny_dinov2_dir):
+        spec = load_spec(directory / SPEC_FILE)
+        info = models[spec.name]["info"]
+        assert (info["dim"], info["onnx_sha256"], info["weights"]) == (
+            spec.embedding_dim,
+            spec.onnx_sha256,
+            "random-init",
+        )
+        assert models[spec.name]["state"] in ("MODEL_STATE_AVAILABLE", "MODEL_STATE_SERVING")
+    assert len(models) == 2
+
+
+def test_health_exit_codes(serve: Callable[..., Served], tiny_models: Path, clip: str) -> None:
+    served = serve(tiny_models)
+    serving = embedder("health", "--server", served.address, "--timeout", "5")
+    assert (serving.returncode, serving.stdout.strip()) == (0, "SERVING")
+    cold = embedder("health", "--model", clip, "--server", served.address, "--timeout", "5")
+    assert (cold.returncode, cold.stdout.strip()) == (1, "NOT_SERVING")
+
+    nobody = embedder("health", "--server", f"127.0.0.1:{free_port()}", "--timeout", "0.5")
+    assert nobody.returncode != 0
+    assert "UNAVAILABLE" in nobody.stderr
+
+
+@pytest.fixture
+def serve_process(tiny_models: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
+    """`start(models_dir, **env)` -> an `embedder serve` subprocess configured only by EMBEDDER_*
+    variables; killed after the test if still running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(models_dir: Path = tiny_models, **env: str) -> tuple[subprocess.Popen[str], str]:
+        address = f"127.0.0.1:{free_port()}"
+        settings = {"EMBEDDER_ADDRESS": address, "EMBEDDER_MODELS_DIR": str(models_dir), **env}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "embedder", "serve"], cwd=REPO_ROOT, env=clean_env(**settings),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        started.append(process)
+        return process, address
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+
+
+def wait_serving(address: str, process: subprocess.Popen[str], within: float = 60.0) -> float:
+    """Seconds until the health service first answers SERVING (polled every 10 ms)."""
+    started = time.perf_counter()
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.perf_counter() - started < within:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return time.perf_counter() - started
+            except grpc.RpcError:
+                pass
+            time.sleep(0.01)
+    raise AssertionError(f"{address} not SERVING within {within} s")
+
+
+def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(serve_process: Callable[..., tuple[
+        subprocess.Popen[str], str]], clip: str, files: list[Path]) -> None:  # fmt: skip
+    process, address = serve_process(EMBEDDER_PRELOAD="1", EMBEDDER_SHUTDOWN_GRACE_S="2")
+
+    deadline = time.monotonic() + 60
+    while (health := embedder("health", "--server", address, "--timeout", "1")).returncode != 0:
+        assert process.poll() is None, process.communicate()[1]
+        assert time.monotonic() < deadline, health.stderr
+        time.sleep(0.1)
+    preloaded = embedder("health", "--model", clip, "--server", address, "--timeout", "5")
+    assert preloaded.stdout.strip() == "SERVING"  # EMBEDDER_PRELOAD=1 was read
+    embedded = embedder("embed", files[0], "--model", clip, "--server", address, "--no-progress")
+    assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 1, embedded.stderr
+
+    process.send_signal(signal.SIGTERM)
+    _, log = process.communicate(timeout=30)
+
+    assert process.returncode == 0, log
+    assert "received SIGTERM" in log and "stopped" in log
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"EMBEDDER_MAX_LOADED": "0"}, "invalid settings"),
+    ({"EMBEDDER_MODELS_DIR": "/nonexistent/models"}, "cannot start"),
+])  # fmt: skip
+def test_serve_refuses_to_start_on_bad_configuration(serve_process: Callable[..., tuple[subprocess.Popen[str], str]],
+                                                     env: dict[str, str], message: str) -> None:  # fmt: skip
+    process, _ = serve_process(**env)
+    _, log = process.communicate(timeout=30)
+    assert process.returncode == 2
+    assert message in log
+
+
+@pytest.mark.slow
+def test_full_size_clip_starts_serving_within_budget(serve_process: Callable[..., tuple[subprocess.Popen[str], str]],
+                                                     clip_b32_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+    """Process start -> first SERVING health answer, with the full-size CLIP preloaded and warmed."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / clip_b32_dir.name).symlink_to(clip_b32_dir, target_is_directory=True)  # read-only use
+    (models / clip_b32_dir.name / "model.onnx").read_bytes()  # page cache warm, as after a deploy's pull
+
+    process, address = serve_process(models, EMBEDDER_PRELOAD="1")
+    seconds = wait_serving(address, process)
+
+    print(f"\nembedder serve --preload ({clip_b32_dir.name}): SERVING after {seconds:.2f} s")
+    with grpc.insecure_channel(address) as channel:
+        model = health_pb2.HealthCheckRequest(service=clip_b32_dir.name)
+        status = health_pb2_grpc.HealthStub(channel).Check(model, timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.SERVING  # preloaded, not lazily pending
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert seconds < STARTUP_BUDGET_S, f"start-up took {seconds:.2f} s"
+
+
+# --- settings: flags over EMBEDDER_* over defaults ------------------------------------------------
+
+
+def serve_args(*flags: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *flags])
+
+
+def test_settings_come_from_env() -> None:
+    environ = {"EMBEDDER_MAX_BATCH_SIZE": "8", "EMBEDDER_MODELS_DIR": "/srv/models", "EMBEDDER_PRELOAD": "1",
+               "EMBEDDER_IDLE_TTL_S": "2.5", "EMBEDDER_IMAGE_ROOT": ""}  # fmt: skip
+    settings = settings_from(serve_args(), environ)
+    assert settings.max_batch_size == 8
+    assert settings.models_dir == Path("/srv/models")
+    assert settings.preload is True
+    assert settings.idle_ttl_s == 2.5
+    assert settings.image_root is None  # an empty variable counts as unset
+    assert settings.max_loaded == 4  # the default
+
+
+def test_a_flag_wins_over_env() -> None:
+    environ = {"EMBEDDER_MAX_BATCH_SIZE": "8", "EMBEDDER_ADDRESS": "0.0.0.0:1", "EMBEDDER_PRELOAD": "false"}
+    args = serve_args("--max-batch-size", "4", "--address", "127.0.0.1:2", "--preload")
+    settings = settings_from(args, environ)
+    assert (settings.max_batch_size, settings.address, settings.preload) == (4, "127.0.0.1:2", True)
+
+
+def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDDER_MAX_BATCH_SIZE", "9")
+    assert settings_from(serve_args(), {}).max_batch_size == 16
+    assert settings_from(serve_args()).max_batch_size == 9
+
+
+@pytest.mark.parametrize(("flags", "environ", "field"), [
+    ((), {"EMBEDDER_MAX_BATCH_SIZE": "lots"}, "max_batch_size"),
+    ((), {"EMBEDDER_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+    (("--max-loaded", "0"), {}, "max_loaded"),
+    (("--log-format", "xml"), {"EMBEDDER_LOG_FORMAT": "json"}, "log_format"),
+    ((), {"EMBEDDER_PRELOAD": "maybe"}, "preload"),
+    ((), {"EMBEDDER_TLS_CERT": "/etc/cert.pem"}, "tls_cert and tls_key go together"),
+])  # fmt: skip
+def test_invalid_values_are_validation_errors(
+    flags: tuple[str, ...], environ: dict[str, str], field: str
+) -> None:
+    with pytest.raises(ValidationError, match=field):
+        settings_from(serve_args(*flags), environ)

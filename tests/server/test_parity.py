@@ -1,0 +1,154 @@
+"""Image bytes -> Embed over gRPC -> the vector PyTorch computes (the issue's end-to-end figure).
+
+Each served vector must equal, bit for bit, the exported graph run directly in ONNX Runtime on our
+preprocessing, and must equal the PyTorch model on the HF slow processor's pixels within 1e-6
+max-abs after L2 normalisation. The PyTorch side is built exactly as the export gate builds it
+(`export.parity.load_reference`, `_reference_pixels`), so a drift between gate and server shows.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedder.preprocess import Preprocessor
+from embedder.runtime import open_session, run
+from embedder.spec import SPEC_FILE, load_spec
+from export.images import ParityImage
+from export.parity import TOLERANCE, _reference_pixels, _unit, load_reference
+
+if TYPE_CHECKING:
+    from tests.server.conftest import Served
+
+
+def pytorch_vectors(model_dir: Path, images: list[ParityImage], scratch: Path) -> np.ndarray:
+    """What `export.parity.compare_image` computes as the reference, for every image."""
+    loaded = load_reference(load_spec(model_dir / SPEC_FILE), scratch)
+    rows = []
+    for item in images:
+        pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
+        pixels, _, _ = _reference_pixels(loaded.processor, pil)
+        with torch.no_grad():
+            rows.append(loaded.reference(pixels)[0].numpy())
+    return np.stack(rows)
+
+
+def ort_vectors(model_dir: Path, images: list[ParityImage], intra_op_threads: int) -> np.ndarray:
+    """The exported graph run directly, one image at a time, on our preprocessing."""
+    spec = load_spec(model_dir / SPEC_FILE)
+    session = open_session(model_dir / spec.onnx_file, intra_op_threads)
+    preprocessor = Preprocessor(spec.preprocessing)
+    return np.stack([run(session, preprocessor.from_bytes(item.data)[None])[0] for item in images])
+
+
+def normalized_diffs(served: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-image max-abs difference of the L2-normalised vectors."""
+    return np.array([np.abs(_unit(s) - _unit(r)).max() for s, r in zip(served, reference)])
+
+
+def worst(diffs: np.ndarray, images: list[ParityImage]) -> str:
+    order = np.argsort(diffs)[::-1][:5]
+    return ", ".join(f"{images[i].name}={diffs[i]:.3e}" for i in order)
+
+
+Reference = Callable[[Path], tuple[np.ndarray, np.ndarray]]
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory, parity_set: list[ParityImage],
+               tiny_server: Served) -> Iterator[Reference]:  # fmt: skip
+    """model dir -> (direct ORT vectors, PyTorch vectors) over the parity set, computed once."""
+    cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        if model_dir not in cache:
+            scratch = tmp_path_factory.mktemp("reference")
+            threads = tiny_server.server.plan.intra_op  # the server's own session configuration
+            cache[model_dir] = (
+                ort_vectors(model_dir, parity_set, threads),
+                pytorch_vectors(model_dir, parity_set, scratch),
+            )
+        return cache[model_dir]
+
+    yield get
+
+
+FAMILIES = ["tiny_clip_dir", "tiny_dinov2_dir"]
+# Pillow's note when the reference side converts a palette PNG with byte transparency; expected.
+pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency:UserWarning")
+
+
+@pytest.mark.parametrize("family_dir", FAMILIES)
+def test_one_image_per_request_equals_ort_and_pytorch(
+    request: pytest.FixtureRequest, family_dir: str, tiny_server: Served, references: Reference,
+    parity_set: list[ParityImage],
+) -> None:  # fmt: skip
+    model_dir: Path = request.getfixturevalue(family_dir)
+    name = load_spec(model_dir / SPEC_FILE).name
+    direct, pytorch = references(model_dir)
+
+    served = np.stack([tiny_server.embed(name, [item.data])[0] for item in parity_set])
+
+    assert served.shape == direct.shape == pytorch.shape
+    mismatched = [item.name for item, s, d in zip(parity_set, served, direct) if not np.array_equal(s, d)]
+    assert not mismatched, f"served != direct ORT for {mismatched}"
+    diffs = normalized_diffs(served, pytorch)
+    assert diffs.max() <= TOLERANCE, f"{name}: over {TOLERANCE} vs PyTorch: {worst(diffs, parity_set)}"
+
+
+@pytest.mark.parametrize("family_dir", FAMILIES)
+def test_all_images_in_one_request_equal_ort_and_pytorch(
+    request: pytest.FixtureRequest, family_dir: str, tiny_server: Served, references: Reference,
+    parity_set: list[ParityImage],
+) -> None:  # fmt: skip
+    model_dir: Path = request.getfixturevalue(family_dir)
+    name = load_spec(model_dir / SPEC_FILE).name
+    direct, pytorch = references(model_dir)
+
+    served = tiny_server.embed(name, [item.data for item in parity_set])
+
+    assert served.shape == direct.shape
+    # Batched rows run in one session.run with other images; the contract is the gate's: equal
+    # to one-at-a-time within the tolerance after normalisation.
+    batch_vs_single = normalized_diffs(served, direct)
+    assert batch_vs_single.max() <= TOLERANCE, worst(batch_vs_single, parity_set)
+    diffs = normalized_diffs(served, pytorch)
+    assert diffs.max() <= TOLERANCE, f"{name}: over {TOLERANCE} vs PyTorch: {worst(diffs, parity_set)}"
+
+
+def test_both_families_answer_from_one_server(tiny_server: Served, tiny_clip_dir: Path,
+                                              tiny_dinov2_dir: Path, parity_set: list[ParityImage]) -> None:  # fmt: skip
+    image = [parity_set[0].data]
+    clip_spec, dino_spec = (load_spec(d / SPEC_FILE) for d in (tiny_clip_dir, tiny_dinov2_dir))
+    clip = tiny_server.client.embed(clip_spec.name, image)
+    dino = tiny_server.client.embed(dino_spec.name, image)
+    assert (clip.model.family, clip.embeddings.shape) == ("clip", (1, clip_spec.embedding_dim))
+    assert (dino.model.family, dino.embeddings.shape) == ("dinov2", (1, dino_spec.embedding_dim))
+
+
+@pytest.mark.slow
+def test_full_size_models_equal_pytorch_end_to_end(
+    serving: Callable[..., AbstractContextManager[Served]], make_models: Callable[..., Path], tmp_path: Path,
+    clip_b32_dir: Path, dinov2_small_dir: Path, parity_set: list[ParityImage],
+) -> None:  # fmt: skip
+    """The issue's figure: image bytes -> Embed -> vector == PyTorch reference within 1e-6."""
+    models = make_models(tmp_path / "models", clip_b32_dir, dinov2_small_dir)
+    with serving(models) as served:
+        for model_dir in (clip_b32_dir, dinov2_small_dir):
+            spec = load_spec(model_dir / SPEC_FILE)
+            pytorch = pytorch_vectors(model_dir, parity_set, tmp_path / f"scratch-{spec.name}")
+            singles = np.stack([served.embed(spec.name, [item.data])[0] for item in parity_set])
+            batch = served.embed(spec.name, [item.data for item in parity_set])
+            single_diffs, batch_diffs = normalized_diffs(singles, pytorch), normalized_diffs(batch, pytorch)
+            print(f"\n{spec.name}: {len(parity_set)} images, max-abs after L2 normalisation vs PyTorch: "
+                  f"one per request {single_diffs.max():.3e}, one request {batch_diffs.max():.3e}")  # fmt: skip
+            assert single_diffs.max() <= TOLERANCE, worst(single_diffs, parity_set)
+            assert batch_diffs.max() <= TOLERANCE, worst(batch_diffs, parity_set)
