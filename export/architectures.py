@@ -12,35 +12,29 @@ OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
-# As in the checkpoints' preprocessor_config.json files (values the HF processors then load).
-CLIP_PROCESSOR: dict[str, Any] = {
-    "image_processor_type": "CLIPImageProcessor",
-    "size": {"shortest_edge": 224},
-    "crop_size": {"height": 224, "width": 224},
-    "resample": 3,
-    "do_resize": True,
-    "do_center_crop": True,
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": OPENAI_CLIP_MEAN,
-    "image_std": OPENAI_CLIP_STD,
-    "do_convert_rgb": True,
-}
-DINOV2_PROCESSOR: dict[str, Any] = {
-    "image_processor_type": "BitImageProcessor",
-    "size": {"shortest_edge": 256},
-    "crop_size": {"height": 224, "width": 224},
-    "resample": 3,
-    "do_resize": True,
-    "do_center_crop": True,
-    "do_rescale": True,
-    "rescale_factor": 0.00392156862745098,
-    "do_normalize": True,
-    "image_mean": IMAGENET_MEAN,
-    "image_std": IMAGENET_STD,
-    "do_convert_rgb": True,
-}
+
+def _processor(
+    processor_type: str, shortest_edge: int, mean: list[float], std: list[float]
+) -> dict[str, Any]:
+    """A slow processor config as the checkpoints' preprocessor_config.json files load it."""
+    return {
+        "image_processor_type": processor_type,
+        "size": {"shortest_edge": shortest_edge},
+        "crop_size": {"height": 224, "width": 224},
+        "resample": 3,  # bicubic
+        "do_resize": True,
+        "do_center_crop": True,
+        "do_rescale": True,
+        "rescale_factor": 0.00392156862745098,
+        "do_normalize": True,
+        "image_mean": mean,
+        "image_std": std,
+        "do_convert_rgb": True,
+    }
+
+
+CLIP_PROCESSOR = _processor("CLIPImageProcessor", 224, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+DINOV2_PROCESSOR = _processor("BitImageProcessor", 256, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def _dinov2(hidden: int, heads: int, layers: int = 12, mlp_ratio: int = 4) -> dict[str, Any]:
@@ -58,7 +52,12 @@ def _dinov2(hidden: int, heads: int, layers: int = 12, mlp_ratio: int = 4) -> di
     }
 
 
-TINY_CLIP_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+TINY_CLIP_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+}
 TINY_CLIP_VISION = {
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -88,7 +87,9 @@ ARCHITECTURES: dict[str, Architecture] = {
         CLIP_PROCESSOR,
         pretrained=False,
     ),
-    "tiny-dinov2": Architecture("dinov2", _dinov2(32, 4, layers=2, mlp_ratio=2), DINOV2_PROCESSOR, pretrained=False),
+    "tiny-dinov2": Architecture(
+        "dinov2", _dinov2(32, 4, layers=2, mlp_ratio=2), DINOV2_PROCESSOR, pretrained=False
+    ),
 }
 
 
