@@ -2,9 +2,11 @@
 `session.run` (up to a max batch size, or whatever arrived within a short delay) and the rows are
 handed back to each request's futures in order.
 
-The queue is bounded: a full queue answers RESOURCE_EXHAUSTED at once instead of letting latency
-grow without limit. Work whose deadline has passed, or whose request was cancelled, is dropped
-before inference, so it never costs model time.
+Admission is bounded: a request reserves room for its images *before* they are decoded, and holds
+it until it is answered, so every image in preprocessing, waiting or running counts. When full,
+RESOURCE_EXHAUSTED comes at once, before any work, instead of a backlog growing in the gRPC
+executor or the decode pool. Work whose deadline has passed, or whose request was cancelled, is
+dropped before inference, so it never costs model time.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DeadlineExpired, Overloaded, ShuttingDown
+from .errors import DeadlineExpired, LimitExceeded, Overloaded, ShuttingDown
 
 log = logging.getLogger(__name__)
 
@@ -53,23 +56,42 @@ class Batcher:
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self._admitted = 0  # images of requests between admission and answer
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
     def depth(self) -> int:
-        return len(self._queue)
+        """Images admitted and not yet answered (decoding, queued or running)."""
+        return self._admitted
+
+    @contextmanager
+    def admit(self, images: int) -> Iterator[None]:
+        """Hold room for a request's images from before decoding until it is answered."""
+        if images > self.max_queue:  # retrying could never help: a limit, not load
+            raise LimitExceeded(
+                f"{images} images exceeds max_queue_images={self.max_queue}: split the request"
+            )
+        with self._cond:
+            if self._closed:
+                raise ShuttingDown(f"model {self.name!r} is shutting down")
+            if self._admitted + images > self.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r} is overloaded: {self._admitted} images in progress, "
+                    f"max_queue_images={self.max_queue}; retry later"
+                )
+            self._admitted += images
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._admitted -= images
 
     def submit(self, tensors: list[np.ndarray], deadline: float | None) -> list[Future[np.ndarray]]:
-        """Queue a request's images together (all or none); one future per image, in order."""
+        """Queue a request's images together (admitted first); one future per image, in order."""
         jobs = [Job(t, Future(), deadline) for t in tensors]
         with self._cond:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
-            if len(self._queue) + len(jobs) > self.max_queue:
-                raise Overloaded(
-                    f"model {self.name!r} is overloaded: {len(self._queue)} images queued, "
-                    f"max_queue_images={self.max_queue}; retry later"
-                )
             self._queue.extend(jobs)
             self._cond.notify()
         return [job.future for job in jobs]

@@ -57,6 +57,10 @@ class CancelToken:
         if cancelled:
             self.cancel()
 
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
@@ -109,10 +113,13 @@ class Engine:
         self._check_request(sources, options)
         entry = self.repository.resolve(model)
         self.cache.get(entry.name)  # load (once) now: an unusable model fails before any decoding
-        tensors = self._preprocess(entry.name, sources)
-        futures = self.batcher(entry.name).submit(tensors, deadline)
-        (token or CancelToken()).attach(futures)
-        vectors = np.stack(self._collect(futures, deadline))
+        token = token or CancelToken()
+        batcher = self.batcher(entry.name)
+        with batcher.admit(len(sources)):
+            tensors = self._preprocess(entry.name, sources, deadline, token)
+            futures = batcher.submit(tensors, deadline)
+            token.attach(futures)
+            vectors = np.stack(self._collect(futures, deadline))
         return self._post(entry, vectors, options)
 
     def _check_request(self, sources: list[ImageSource], options: EmbedOptions) -> None:
@@ -125,10 +132,13 @@ class Engine:
         if (options.aggregate_only or options.normalize_aggregate) and not options.aggregate_mean:
             raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
 
-    def _preprocess(self, name: str, sources: list[ImageSource]) -> list[np.ndarray]:
+    def _preprocess(self, name: str, sources: list[ImageSource], deadline: float | None,
+                    token: CancelToken) -> list[np.ndarray]:  # fmt: skip
         preprocessor = self._preprocessors[name]
 
         def one(index: int) -> np.ndarray:
+            if token.cancelled or (deadline is not None and time.monotonic() >= deadline):
+                raise DeadlineExpired("deadline passed or call cancelled before decoding")  # no work for the dead
             try:
                 return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
             except InvalidImage as exc:

@@ -34,7 +34,7 @@ ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    max_pixels: int = 64_000_000  # width x height as declared in the header
+    max_pixels: int = 40_000_000  # width x height as declared in the header
     max_resized_pixels: int = 16_000_000  # the shortest-edge resize of an extreme aspect ratio
     formats: tuple[str, ...] = ALLOWED_FORMATS
 

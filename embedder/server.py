@@ -59,7 +59,8 @@ class EmbedderServer:
             interceptors=interceptors,
             options=self._options(),
         )
-        pb_grpc.add_EmbedderServicer_to_server(EmbedderService(self.engine, self.telemetry), server)
+        self.service = EmbedderService(self.engine, self.telemetry)
+        pb_grpc.add_EmbedderServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
@@ -137,8 +138,14 @@ class EmbedderServer:
         """NOT_SERVING everywhere, refuse new calls, wait for in-flight ones up to `grace` seconds."""
         grace = self.settings.shutdown_grace_s if grace is None else grace
         log.info("shutting down: draining in-flight calls for up to %.1f s", grace)
+        started = time.monotonic()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        stopped = self.server.stop(grace)  # refuses new calls at once
+        # Unary calls get the grace period; long-lived streams (health Watch of client-side health
+        # checking) would hold it to the end, so they are cut once the unary calls are done.
+        self.service.wait_idle(grace)
+        self.server.stop(max(0.0, min(0.1, grace - (time.monotonic() - started))))
+        stopped.wait()
         self.engine.close()
         self.cache.close()
         log.info("stopped")

@@ -8,6 +8,7 @@ a plain INTERNAL that leaks nothing.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ _STATES = {
 }
 
 REQUEST_ID_KEY = "x-request-id"
+MAX_DEADLINE_S = 365 * 24 * 3600.0  # beyond a year, a deadline is "none"
 
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:
@@ -96,6 +98,15 @@ def translated_errors(context: grpc.ServicerContext, request_id: str = "-") -> I
         context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
 
 
+def call_deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() value; None when the call has none (gRPC then
+    reports an effectively infinite time remaining, which no timeout can hold)."""
+    remaining = context.time_remaining()
+    if remaining is None or remaining >= MAX_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
 def request_id(context: grpc.ServicerContext) -> str:
     """The caller's x-request-id, or a new one; echoed back in the response metadata."""
     given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
@@ -108,16 +119,33 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     def __init__(self, engine: Engine, telemetry: Telemetry) -> None:
         self.engine = engine
         self.telemetry = telemetry
+        self._inflight = 0
+        self._idle = threading.Condition()
+
+    @contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """Counts unary calls in progress, so shutdown can wait for them and not for streams."""
+        with self._idle:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._idle:
+            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
 
     def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
         rid = request_id(context)
         try:
-            with translated_errors(context, rid) as outcome:
+            with self._tracked(), translated_errors(context, rid) as outcome:
                 token = CancelToken()
                 context.add_callback(token.cancel)
-                remaining = context.time_remaining()
-                deadline = time.monotonic() + remaining if remaining is not None else None
+                deadline = call_deadline(context)
                 result = self.engine.embed(request.model, _sources(request), _options(request), deadline, token)
                 return self._response(result)
         finally:
@@ -143,7 +171,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         return response
 
     def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
-        with translated_errors(context):
+        with self._tracked(), translated_errors(context):
             cache = self.engine.cache
             resident = set(cache.resident())
             statuses = []

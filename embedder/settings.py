@@ -15,7 +15,8 @@ MiB = 1 << 20
 
 
 class Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: a validation error must not echo the input, tokens included.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on (port 0 picks a free one)")
     models_dir: Path = Field(Path("models"), description="model repository: one folder per model with model.json")
@@ -31,7 +32,10 @@ class Settings(BaseModel):
     max_message_bytes: int = Field(64 * MiB, ge=MiB, description="largest gRPC message, either direction")
     max_images_per_request: int = Field(256, ge=1, description="images in one Embed request")
     max_image_bytes: int = Field(32 * MiB, ge=1, description="encoded size of one image")
-    max_image_pixels: int = Field(40_000_000, ge=1, description="width x height from the header, before decoding")
+    max_image_pixels: int = Field(
+        40_000_000, ge=1, le=178_956_970,  # above that, Pillow's own bomb guard refuses first
+        description="width x height from the header, before decoding",
+    )
     max_resized_pixels: int = Field(16_000_000, ge=1, description="pixels after the shortest-edge resize")
     image_root: Path | None = Field(None, description="allow Image.path inputs under this folder (off if unset)")
     max_connection_age_s: float = Field(

@@ -39,9 +39,13 @@ class SourceReader:
         if self.root is None:
             raise InvalidImage("path inputs are disabled on this server (no image_root set)", index, kind="path")
         path = self._resolve(raw, index)
-        size = path.stat().st_size
-        self._check_size(size, index)
-        return path.read_bytes()
+        try:
+            with path.open("rb") as fh:  # one descriptor: a file that grows after a stat is still capped
+                data = fh.read(self.max_image_bytes + 1)
+        except OSError as exc:
+            raise InvalidImage(f"path {raw!r} cannot be read: {exc.strerror or exc}", index, kind="path") from None
+        self._check_size(len(data), index)
+        return data
 
     def _resolve(self, raw: str, index: int) -> Path:
         assert self.root is not None

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from embedder.cpus import plan_threads
-from embedder.spec import SPEC_FILE, ModelSpec, Provenance, file_sha256, write_spec
+from embedder.spec import NAME_PATTERN, SPEC_FILE, ModelSpec, Provenance, file_sha256, write_spec
 
 from . import families
 from .architectures import ARCHITECTURES, architecture
@@ -45,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-huge", action="store_true", help="leave the >= 4000 px images out of the gate")
     parser.add_argument("--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(NAME_PATTERN, args.out.name):
+        parser.error(f"--out {args.out}: the folder name is the model name and must match {NAME_PATTERN}")
     args.pooling = args.pooling or families.POOLINGS[args.family][0]
     if args.pooling not in families.POOLINGS[args.family]:
         parser.error(f"--pooling {args.pooling} is not valid for {args.family}: {families.POOLINGS[args.family]}")
@@ -66,7 +69,10 @@ def checkpoint_source(args: argparse.Namespace, scratch: Path) -> tuple[str, lis
 
 def build_spec(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path,
                quantization: str | None = None) -> ModelSpec:  # fmt: skip
-    source = args.source if not Path(args.source).exists() else str(Path(args.source).resolve())
+    # A random-init source is an architecture name, never a path, even if a file of that name exists
+    # (e.g. `--out tiny-clip` run from the parent dir): the gate rebuilds the model from this name.
+    is_path = not args.random_init and Path(args.source).exists()
+    source = str(Path(args.source).resolve()) if is_path else args.source
     name = out.name
     if quantization:
         aliases = [f"{alias}:{args.quantize}" for alias in aliases]

@@ -84,7 +84,10 @@ class Loaded:
 
 def load(family: str, source: str, pooling: str) -> Loaded:
     """from_pretrained(source) for the model and its slow (PIL) image processor."""
-    processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
+    try:
+        processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
+    except OSError as exc:  # no such directory, no hub access, not a checkpoint
+        raise SystemExit(f"cannot load an image processor from {source!r}: {exc}") from None
     if family == "clip":
         clip = CLIPModel.from_pretrained(source).eval()
         return Loaded(

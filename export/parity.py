@@ -98,13 +98,14 @@ class GateReport:
     images: list[ImageResult]
     batch_normalized_max_abs: float
     batch_invariance_required: bool
+    spec_names_this_graph: bool  # model.json's onnx_sha256 is this file's: what the server checks
     seconds: float
     versions: dict[str, str] = field(default_factory=library_versions)
 
     @property
     def verified(self) -> bool:
         batch_ok = self.batch_normalized_max_abs <= TOLERANCE or not self.batch_invariance_required
-        return bool(self.images) and all(r.passed for r in self.images) and batch_ok
+        return bool(self.images) and all(r.passed for r in self.images) and batch_ok and self.spec_names_this_graph
 
     def summary(self) -> Parity:
         return Parity(
@@ -133,6 +134,8 @@ class GateReport:
             batch = "recorded (model is not batch-invariant: served one image per run)"
         lines.append(f"batch of {len(self.images)} vs one-at-a-time: {self.batch_normalized_max_abs:.3e}  {batch}")
         lines.append(f"criterion: {self.criterion.description}; reference: {self.criterion.reference}")
+        if not self.spec_names_this_graph:
+            lines.append(f"FAIL: model.json's onnx_sha256 is not this graph's ({self.onnx_sha256}); the server would refuse it")
         return "\n".join(lines)
 
 
@@ -217,6 +220,7 @@ def run_gate(model_dir: Path, loaded: families.Loaded, images: list[ParityImage]
         images=results,
         batch_normalized_max_abs=batch_diff,
         batch_invariance_required=spec.batch_invariant,
+        spec_names_this_graph=spec.onnx_sha256 == sha,
         seconds=round(time.perf_counter() - started, 2),
     )
     (model_dir / PARITY_FILE).write_text(report.to_json(), encoding="utf-8")
@@ -258,6 +262,8 @@ def report_outcome(report: GateReport) -> int:
         print(f"parity gate PASSED for {report.model} ({len(report.images)} images, {report.seconds:.1f} s)")
         return 0
     failed = [r.name for r in report.images if not r.passed]
+    if not report.spec_names_this_graph:
+        failed.append("onnx_sha256 mismatch")
     print(f"parity gate FAILED for {report.model}: {', '.join(failed) or 'batch check'}", file=sys.stderr)
     return 1
 

@@ -18,7 +18,7 @@ def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path) 
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "bench", "--smoke", "--models-dir", str(models_root),
                "--clip", "tiny-clip", "--dinov2", "tiny-dinov2", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results-smoke.json").read_text())
     assert results["cold_start_clip_s"] > 0

@@ -1,0 +1,71 @@
+"""Full-size random-init exports through the CLI with the complete parity set, huge images included.
+
+This is the real gate at real model sizes (ViT-B/32 CLIP and ViT-S/14 DINOv2): tiny models can
+hide accumulation error that 12 layers of 384-768 wide blocks do not. The exports are conftest
+session fixtures (`clip_b32_dir`, `dinov2_small_dir`) because the server tests serve them too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import onnx
+import pytest
+
+from embedder.spec import load_spec
+from export.images import parity_images
+
+TOLERANCE = 1e-6
+CLIP_EXPORT_BUDGET_S = 90.0  # 2 cores; ~40 s measured when the machine is otherwise idle
+ALL_IMAGE_NAMES = [image.name for image in parity_images(include_huge=True)]
+FULL_SIZE = {  # fixture -> (hub id, embedding dim of the architecture)
+    "clip_b32_export": ("openai/clip-vit-base-patch32", 512),
+    "dinov2_small_export": ("facebook/dinov2-small", 384),
+}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("fixture", FULL_SIZE)
+def test_full_size_export_passes_the_whole_gate(fixture: str, request: pytest.FixtureRequest) -> None:
+    exported: Any = request.getfixturevalue(fixture)
+    source, dim = FULL_SIZE[fixture]
+    assert exported.process.returncode == 0
+    spec = load_spec(exported.directory / "model.json")
+    assert spec.verified and spec.embedding_dim == dim
+    assert spec.provenance is not None and (spec.provenance.source, spec.provenance.weights) == (
+        source,
+        "random-init",
+    )
+    report = json.loads((exported.directory / "parity.json").read_text())
+    assert [row["name"] for row in report["images"]] == ALL_IMAGE_NAMES  # huge images included
+    assert max(row["normalized_max_abs"] for row in report["images"]) <= TOLERANCE
+    assert all(row["pixel_max_abs"] == 0.0 for row in report["images"])
+    assert report["batch_normalized_max_abs"] <= TOLERANCE
+    ops = {node.op_type for node in onnx.load(str(exported.directory / spec.onnx_file)).graph.node}
+    assert "Resize" not in ops
+
+
+def test_clip_export_wall_time(clip_b32_export: Any, record_property: Any) -> None:
+    """Export + full gate of ViT-B/32 on 2 cores, measured around the CLI subprocess.
+
+    Wall time is what a user waits for, so that is the budget; CPU time and the load average are
+    recorded beside it so a failure caused by other work on the machine can be told apart.
+    """
+    run = clip_b32_export
+    measured = f"wall {run.seconds:.1f} s, cpu {run.cpu_seconds:.1f} s, load average {os.getloadavg()}"
+    record_property("clip_b32_export_seconds", round(run.seconds, 1))
+    record_property("clip_b32_export_cpu_seconds", round(run.cpu_seconds, 1))
+    print(f"clip-vit-base-patch32 export + gate: {measured}")
+    assert run.seconds < CLIP_EXPORT_BUDGET_S, measured
+
+
+def test_full_size_fixtures_are_named_like_the_committed_models(
+    clip_b32_dir: Path, dinov2_small_dir: Path
+) -> None:
+    """The server tests rely on these directory names (the model name is the directory name)."""
+    assert load_spec(clip_b32_dir / "model.json").name == "clip-vit-base-patch32" == clip_b32_dir.name
+    assert load_spec(dinov2_small_dir / "model.json").name == "dinov2-small" == dinov2_small_dir.name

@@ -1,0 +1,120 @@
+"""Fuzzing the decode path (`decode` + `Preprocessor`) against its invariant (fuzz_target.py):
+a finite tensor of the right shape, or `InvalidImage`; any other exception is a bug.
+
+Two engines, both bounded:
+- atheris (coverage-guided libFuzzer over Pillow's Python plugins and our code), as a subprocess
+  with `-atheris_runs`, seeded with a valid file of every format variant; skipped where atheris
+  is not installed. `FUZZ_RUNS` sets the run count (default 20000, ~20 s).
+- hypothesis: raw bytes, and structured mutations of the same seeds (bit flips, truncations,
+  insertions, deletions, header integers forced to extremes). `FUZZ_EXAMPLES` sets the example
+  count per test (default 300).
+
+Nothing is written into the repository: the libFuzzer corpus and any crash artifact go to
+tmp_path, and hypothesis runs without its example database.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from embedder.preprocess import Preprocessor
+from tests.hardening.fuzz_target import check_decode, fuzz_preprocessor, seed_images
+from tests.hardening.process import REPO
+
+FUZZ_RUNS = int(os.environ.get("FUZZ_RUNS", "20000"))
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+SEEDS = seed_images()
+PREPROCESSOR: Preprocessor = fuzz_preprocessor()
+EXTREME_INTS = (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00", b"\x00\x01\x00\x00")
+TALLY: Counter[str] = Counter()
+
+fuzz_settings = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,  # a loaded CI machine must not turn slowness into failures
+    database=None,  # no .hypothesis/ in the repository
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    yield
+    if TALLY:
+        print("\n" + ", ".join(f"{name}: {count}" for name, count in sorted(TALLY.items())))
+
+
+def test_every_seed_is_a_valid_image() -> None:
+    """The fuzzers start from files that decode, so mutations explore the decoders, not the sniffing."""
+    refused = [name for name, data in SEEDS.items() if not check_decode(data, PREPROCESSOR)]
+    assert not refused
+
+
+@st.composite
+def mutated_seed(draw: st.DrawFn) -> bytes:
+    data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
+    for _ in range(draw(st.integers(1, 6))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        match draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete", "integer"])):
+            case "flip":
+                data[at] ^= 1 << draw(st.integers(0, 7))
+            case "byte":
+                data[at] = draw(st.integers(0, 255))
+            case "truncate":
+                del data[at:]
+            case "insert":
+                data[at:at] = draw(st.binary(min_size=1, max_size=64))
+            case "delete":
+                del data[at : at + draw(st.integers(1, 64))]
+            case "integer":  # widths, heights, offsets and lengths are where decoders trust input
+                data[at : at + 4] = draw(st.sampled_from(EXTREME_INTS))
+    return bytes(data)
+
+
+@fuzz_settings
+@given(st.binary(max_size=4096))
+def test_hypothesis_raw_bytes(data: bytes) -> None:
+    TALLY["hypothesis raw bytes"] += 1
+    check_decode(data, PREPROCESSOR)
+
+
+@fuzz_settings
+@given(mutated_seed())
+def test_hypothesis_mutated_images(data: bytes) -> None:
+    TALLY["hypothesis mutated images"] += 1
+    TALLY["  of which decoded"] += check_decode(data, PREPROCESSOR)
+
+
+def test_atheris_coverage_guided(tmp_path: Path) -> None:
+    pytest.importorskip("atheris", reason="atheris not installed: the hypothesis fuzzers still ran")
+    corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
+    corpus.mkdir()
+    artifacts.mkdir()
+    for name, data in SEEDS.items():
+        (corpus / name).write_bytes(data)
+    argv = [sys.executable, "-m", "tests.hardening.fuzz_target", str(corpus), f"-atheris_runs={FUZZ_RUNS}",
+            f"-artifact_prefix={artifacts}/", "-max_len=16384", "-timeout=60", "-rss_limit_mb=4096",
+            "-print_final_stats=1"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200, check=False)
+    output = process.stdout + process.stderr
+    crashes = sorted(p.name for p in artifacts.iterdir())
+    assert process.returncode == 0 and not crashes, (
+        f"atheris found a bug (exit {process.returncode}); reproduce with "
+        f"`python -m tests.hardening.fuzz_target {artifacts}/<artifact>`; artifacts {crashes}\n{output[-6000:]}"
+    )
+    done = re.search(r"Done (\d+) in (\d+) second", output)
+    assert done is not None, output[-3000:]
+    TALLY[f"atheris runs ({done[2]} s, corpus grew to {len(list(corpus.iterdir()))} files)"] += int(done[1])
+    assert int(done[1]) >= FUZZ_RUNS

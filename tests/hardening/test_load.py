@@ -1,0 +1,135 @@
+"""Overload: twice the measured capacity, open loop, against a real `embedder serve` process.
+
+1. idle latency: median of sequential single-image calls;
+2. capacity: images/s with 8 callers in a closed loop for 5 s;
+3. 30 s of open-loop load at 2x capacity (a fixed-rate sender of `Embed.future` calls, each with
+   a 10 s deadline, far above what a bounded queue can make anyone wait);
+4. every answer is OK or RESOURCE_EXHAUSTED (shed load), the server's RSS stays bounded and
+   stops growing, and once the load is gone a single call is back within 2x the idle latency.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from embedder.v1 import embedder_pb2 as pb
+from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.hardening.conftest import image_request
+from tests.hardening.corpus import encode, picture
+from tests.hardening.process import ServerProcess, rss_mb
+
+CAPACITY_S = 5.0
+LOAD_S = 30.0
+OVERLOAD = 2.0
+CALL_TIMEOUT_S = 10.0
+MAX_QUEUE = 32
+RSS_BUDGET_MB = 300
+LATE_GROWTH_MB = 25  # allowed RSS growth over the last third of the load (allocator noise)
+
+
+def median_latency(stub: pb_grpc.EmbedderStub, request: pb.EmbedRequest, calls: int = 30) -> float:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        stub.Embed(request, timeout=CALL_TIMEOUT_S)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def capacity(stub: pb_grpc.EmbedderStub, request: pb.EmbedRequest, callers: int = 8) -> float:
+    """Images per second with `callers` closed-loop threads for CAPACITY_S."""
+    done = [0] * callers
+    until = time.monotonic() + CAPACITY_S
+
+    def caller(index: int) -> None:
+        while time.monotonic() < until:
+            stub.Embed(request, timeout=CALL_TIMEOUT_S)
+            done[index] += len(request.images)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(CAPACITY_S + 3 * CALL_TIMEOUT_S)
+    return sum(done) / CAPACITY_S
+
+
+class OpenLoop:
+    """Sends at a fixed rate whatever the answers; counts the status of every call."""
+
+    def __init__(self, stub: pb_grpc.EmbedderStub, request: pb.EmbedRequest, rate: float) -> None:
+        self.stub, self.request, self.rate = stub, request, rate
+        self.codes: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._calls: list[grpc.Future] = []
+
+    def _done(self, call: grpc.Future) -> None:
+        code = call.code().name if call.exception() is not None else "OK"
+        with self._lock:
+            self.codes[code] += 1
+
+    def run(self, seconds: float, every_second: Callable[[], None]) -> float:
+        """Returns the rate actually offered."""
+        started = time.monotonic()
+        sent, tick = 0, started
+        while (now := time.monotonic()) - started < seconds:
+            if now >= tick:
+                every_second()
+                tick += 1.0
+            due = started + sent / self.rate
+            if now < due:
+                time.sleep(min(due - now, 0.005))
+                continue
+            call = self.stub.Embed.future(self.request, timeout=CALL_TIMEOUT_S)
+            call.add_done_callback(self._done)
+            self._calls.append(call)
+            sent += 1
+        return sent / (time.monotonic() - started)
+
+    def wait(self) -> None:
+        for call in self._calls:
+            try:
+                call.result(timeout=CALL_TIMEOUT_S + 30)
+            except grpc.RpcError:
+                pass  # counted by the callback
+            except grpc.FutureTimeoutError:
+                with self._lock:
+                    self.codes["NO_ANSWER"] += 1
+                call.cancel()
+
+
+@pytest.mark.slow
+def test_twice_capacity_sheds_load_with_bounded_memory(spawn: Callable[..., ServerProcess]) -> None:
+    server = spawn("--preload", "--max-queue-images", str(MAX_QUEUE), "--log-level", "WARNING")
+    request = image_request(encode(picture(160, 120, 3), "JPEG", quality=90))
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.EmbedderStub(channel)
+        idle = median_latency(stub, request)
+        rss_start = rss_mb(server.pid)
+        images_per_s = capacity(stub, request)
+        rss: list[float] = []
+        load = OpenLoop(stub, request, OVERLOAD * images_per_s)
+        offered = load.run(LOAD_S, lambda: rss.append(rss_mb(server.pid)))
+        load.wait()
+        time.sleep(1.0)
+        after = median_latency(stub, request)
+    third = rss[-len(rss) // 3 :]
+    late_growth = statistics.median(third[-3:]) - statistics.median(third[:3])
+    print(f"\ncapacity {images_per_s:.0f} img/s (8 callers, {CAPACITY_S:.0f} s); offered {offered:.0f} img/s "
+          f"for {LOAD_S:.0f} s; answers {dict(load.codes)}\nRSS MiB: start {rss_start:.0f}, peak {max(rss):.0f}, "
+          f"end {rss[-1]:.0f}, growth over the last third {late_growth:+.1f}; samples {[round(r) for r in rss]}\n"
+          f"single-call latency: idle {idle * 1000:.1f} ms, after the load {after * 1000:.1f} ms")  # fmt: skip
+    assert offered >= 1.3 * images_per_s, "the sender could not overload the server: nothing was tested"
+    assert set(load.codes) <= {"OK", "RESOURCE_EXHAUSTED"}, dict(load.codes)
+    assert load.codes["RESOURCE_EXHAUSTED"] > 0, "twice the capacity and nothing was shed"
+    assert max(rss) < rss_start + RSS_BUDGET_MB
+    assert late_growth < LATE_GROWTH_MB, f"RSS still growing at the end of the load: {late_growth:+.1f} MiB"
+    assert after <= 2 * idle, (idle, after)
+    assert server.process.poll() is None
