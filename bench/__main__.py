@@ -23,7 +23,7 @@ from .images import bench_images
 from .report import render
 from .service import ServerProcess, run_load
 
-LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request)
+LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request), on 640x480 frames
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,19 +51,20 @@ def machine() -> dict[str, object]:
     }
 
 
-def bench_model(repo: Repository, name: str, images: list[bytes], images_dir: Path, server: ServerProcess,
+def bench_model(repo: Repository, name: str, frames: list[bytes], dirs: dict[str, Path], server: ServerProcess,
                 seconds: float, scratch: Path) -> dict[str, object]:  # fmt: skip
     entry = repo.entries[name]
-    frames = images[:-4] if len(images) > 4 else images
     result: dict[str, object] = {"model": name, "weights": entry.spec.weights_kind, "dim": entry.spec.embedding_dim}
     result["pytorch"] = measure.torch_pipeline(entry.spec, frames, seconds, scratch / name)
     result["ceiling_default"] = measure.ceiling(entry.onnx_path, entry.spec, seconds)
     result["ceiling_served_settings"] = measure.ceiling(entry.onnx_path, entry.spec, seconds, default_settings=False)
     result["decode_ms"] = measure.decode_cost(entry.spec, frames, seconds / 2)
     result["service"] = [
-        run_load(server.address, name, images_dir, c, k, seconds * 1.5, warmup=min(2.0, seconds / 2))
+        run_load(server.address, name, dirs["frames"], c, k, seconds * 1.5, warmup=min(2.0, seconds / 2))
         for c, k in LOADS
     ]
+    # Phone-photo-sized JPEGs: decoding and resizing 12 MP costs more than the model; shown apart.
+    result["service_large_photos"] = run_load(server.address, name, dirs["photos"], 4, 1, seconds * 1.5, warmup=2.0)
     int8 = repo.entries.get(f"{name}-int8")
     if int8 is not None and int8.onnx_path.exists():
         result["int8"] = {"ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds)}
@@ -75,13 +76,15 @@ def main() -> int:
     seconds = 1.0 if args.smoke else 10.0
     repo = Repository.scan(args.models_dir)
     names = [n for n in (args.clip, args.dinov2) if n in repo.entries]
-    images = bench_images(count=16 if args.smoke else 64, large=1 if args.smoke else 4)
+    frames, photos = bench_images(count=16 if args.smoke else 64, large=1 if args.smoke else 4)
     results: dict[str, object] = {"machine": machine(), "smoke": args.smoke, "seconds_per_measurement": seconds}
     with tempfile.TemporaryDirectory() as tmp:
-        scratch, images_dir, clip_only = Path(tmp), Path(tmp) / "images", Path(tmp) / "clip-only"
-        images_dir.mkdir()
-        for i, data in enumerate(images):
-            (images_dir / f"{i:04d}.jpg").write_bytes(data)
+        scratch, clip_only = Path(tmp), Path(tmp) / "clip-only"
+        dirs = {"frames": scratch / "frames", "photos": scratch / "photos"}
+        for kind, images in (("frames", frames), ("photos", photos)):
+            dirs[kind].mkdir()
+            for i, data in enumerate(images):
+                (dirs[kind] / f"{i:04d}.jpg").write_bytes(data)
         clip_only.mkdir()
         (clip_only / args.clip).symlink_to((args.models_dir / args.clip).resolve())
         cold = ServerProcess(clip_only)
@@ -93,7 +96,7 @@ def main() -> int:
             (models_dir / name).symlink_to((args.models_dir / name).resolve())
         server = ServerProcess(models_dir)
         try:
-            results["models"] = [bench_model(repo, n, images, images_dir, server, seconds, scratch) for n in names]
+            results["models"] = [bench_model(repo, n, frames, dirs, server, seconds, scratch) for n in names]
             results["rss_both_loaded_mb"] = server.rss_mb()
             results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
         finally:

@@ -22,8 +22,8 @@ def photo_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def bench_images(count: int = 64, large: int = 4) -> list[bytes]:
-    """`count` 640x480 frames (keyframe-sized) plus `large` 4032x3024 photos, all distinct."""
+def bench_images(count: int = 64, large: int = 4) -> tuple[list[bytes], list[bytes]]:
+    """`count` 640x480 frames (keyframe-sized) and `large` 4032x3024 photos, all distinct."""
     frames = [photo_jpeg(640, 480, seed) for seed in range(count)]
     photos = [photo_jpeg(4032, 3024, 10_000 + seed) for seed in range(large)]
-    return frames + photos
+    return frames, photos

@@ -18,6 +18,11 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # No arena and no memory pattern: activations are freed after each run instead of being kept at
+    # the high-water mark of the largest batch seen, per model. Measured here: the same
+    # throughput, and about 120 MB less resident with CLIP and DINOv2 loaded after batch-16 runs.
+    options.enable_cpu_mem_arena = False
+    options.enable_mem_pattern = False
     # Spinning burns a core while idle; with batching the next run is rarely microseconds away.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from embedder.batcher import Batcher
-from embedder.errors import DeadlineExpired, Overloaded
+from embedder.errors import DeadlineExpired, LimitExceeded, Overloaded
 
 
 def _pixels(value: float) -> np.ndarray:
@@ -46,18 +46,19 @@ def test_rows_come_back_in_order_and_batches_respect_the_maximum() -> None:
     batcher.close()
 
 
-def test_full_queue_is_refused_at_once() -> None:
-    model = Recorder()
-    model.gate.clear()
-    batcher = Batcher("m", model, max_batch=1, max_delay_s=0.0, max_queue=3)
-    batcher.submit([_pixels(0)], None)
-    time.sleep(0.05)  # taken by the runner, held at the gate
-    batcher.submit([_pixels(1), _pixels(2), _pixels(3)], None)
-    started = time.perf_counter()
-    with pytest.raises(Overloaded, match="max_queue_images=3"):
-        batcher.submit([_pixels(4)], None)
-    assert time.perf_counter() - started < 0.05
-    model.gate.set()
+def test_admission_is_refused_at_once_when_full_and_freed_on_answer() -> None:
+    batcher = Batcher("m", Recorder(), max_batch=1, max_delay_s=0.0, max_queue=3)
+    with batcher.admit(2):
+        assert batcher.depth() == 2
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="max_queue_images=3"), batcher.admit(2):
+            pass
+        assert time.perf_counter() - started < 0.05
+        with batcher.admit(1):
+            assert batcher.depth() == 3
+    assert batcher.depth() == 0
+    with pytest.raises(LimitExceeded, match="4 images exceeds max_queue_images=3"), batcher.admit(4):
+        pass
     batcher.close()
 
 
