@@ -38,7 +38,7 @@ proto-check: venv
 models: venv
 	@for entry in $(DEFAULT_MODELS); do \
 	  IFS== read -r name hub family <<< "$$entry"; \
-	  if [ -f $(MODELS_DIR)/$$name/model.onnx ]; then echo "$$name: present"; continue; fi; \
+	  if $(BIN)/python -m export.ready $(MODELS_DIR)/$$name; then echo "$$name: exported and verified"; continue; fi; \
 	  if $(BIN)/python -m export.hub_reachable $$hub; then \
 	    $(BIN)/python -m export $$family $$hub --out $(MODELS_DIR)/$$name || exit 1; \
 	  else \
