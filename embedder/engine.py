@@ -114,6 +114,8 @@ class Engine:
         entry = self.repository.resolve(model)
         self.cache.get(entry.name)  # load (once) now: an unusable model fails before any decoding
         token = token or CancelToken()
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
         batcher = self.batcher(entry.name)
         with batcher.admit(len(sources)):
             tensors = self._preprocess(entry.name, sources, deadline, token)
@@ -153,17 +155,18 @@ class Engine:
 
     @staticmethod
     def _combined(errors: list[BaseException]) -> BaseException:
-        for error in errors:
-            if not isinstance(error, EmbedderError):
-                return error  # an internal failure outranks bad input
+        """One error for the request: an internal failure outranks bad input; several bad images
+        are listed together under the first one's status."""
+        internal = [e for e in errors if not isinstance(e, EmbedderError)]
+        if internal:
+            return internal[0]
         if len(errors) == 1:
             return errors[0]
         shown = "; ".join(str(e) for e in errors[:MAX_ERRORS_LISTED])
         more = f" (and {len(errors) - MAX_ERRORS_LISTED} more)" if len(errors) > MAX_ERRORS_LISTED else ""
+        message = f"{len(errors)} images rejected: {shown}{more}"
         first = errors[0]
-        return type(first)(f"{len(errors)} images rejected: {shown}{more}") if not isinstance(
-            first, InvalidImage
-        ) else InvalidRequest(f"{len(errors)} images rejected: {shown}{more}")
+        return InvalidRequest(message) if isinstance(first, InvalidRequest) else type(first)(message)
 
     @staticmethod
     def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:

@@ -58,6 +58,7 @@ class EmbedderServer:
             ThreadPoolExecutor(self.settings.grpc_workers, thread_name_prefix="grpc"),
             interceptors=interceptors,
             options=self._options(),
+            maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
         )
         self.service = EmbedderService(self.engine, self.telemetry)
         pb_grpc.add_EmbedderServicer_to_server(self.service, server)
@@ -68,7 +69,15 @@ class EmbedderServer:
         return server
 
     def _options(self) -> list[tuple[str, object]]:
-        options = [*channel_options(self.settings.max_message_bytes, round_robin=False), ("grpc.so_reuseport", 0)]
+        options = [
+            *channel_options(self.settings.max_message_bytes, round_robin=False),
+            ("grpc.so_reuseport", 0),
+            # gRPC core cancels (CANCELLED, before any handler runs) calls that wait for a handler
+            # beyond 1000 pending; under overload our admission control is what should answer, with
+            # RESOURCE_EXHAUSTED, so calls are allowed to wait in core for a handler thread.
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
+        ]
         if self.settings.max_connection_age_s > 0:
             # Clients re-resolve DNS only when a connection ends: without this, replicas added by an
             # autoscaler are never used by clients already connected.

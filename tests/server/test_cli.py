@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import ValidationError
 
 from embedder.cli import build_parser, settings_from
+from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, load_spec
 from export.images import ParityImage
 
@@ -241,7 +242,7 @@ def test_a_flag_wins_over_env() -> None:
 
 def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EMBEDDER_MAX_BATCH_SIZE", "9")
-    assert settings_from(serve_args(), {}).max_batch_size == 16
+    assert settings_from(serve_args(), {}).max_batch_size == Settings().max_batch_size
     assert settings_from(serve_args()).max_batch_size == 9
 
 
