@@ -152,7 +152,12 @@ class EmbedderServer:
         stopped = self.server.stop(grace)  # refuses new calls at once
         # Unary calls get the grace period; long-lived streams (health Watch of client-side health
         # checking) would hold it to the end, so they are cut once the unary calls are done.
-        self.service.wait_idle(grace)
+        # A call that gRPC accepted but no handler has picked up yet is not counted in flight:
+        # wait until the handlers have stayed idle briefly before cutting what is left.
+        while self.service.wait_idle(max(0.0, grace - (time.monotonic() - started))):
+            time.sleep(0.2)
+            if self.service.wait_idle(0) or time.monotonic() - started >= grace:
+                break
         self.server.stop(max(0.0, min(0.1, grace - (time.monotonic() - started))))
         stopped.wait()
         self.engine.close()
