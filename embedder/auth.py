@@ -7,7 +7,7 @@ checks and reflection stay open so probes and tooling work without a token.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -15,11 +15,14 @@ import grpc
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-def _deny(request: Any, context: grpc.ServicerContext) -> Any:
-    context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+async def _deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+_DENY = grpc.unary_unary_rpc_method_handler(_deny)
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, tokens: frozenset[str]) -> None:
         self._tokens = [t.encode() for t in tokens]
 
@@ -30,15 +33,15 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             matched |= hmac.compare_digest(candidate, token)
         return matched
 
-    def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:  # fmt: skip
         if details.method.startswith(OPEN_METHODS):
-            return continuation(details)
+            return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         header = str(metadata.get("authorization", ""))
         scheme, _, presented = header.partition(" ")
         if scheme.lower() == "bearer" and presented and self._valid(presented.strip()):
-            return continuation(details)
-        return grpc.unary_unary_rpc_method_handler(_deny)
+            return await continuation(details)
+        return _DENY

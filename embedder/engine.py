@@ -7,6 +7,7 @@ post: L2-normalise if asked, mean-aggregate if asked
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
@@ -109,20 +110,64 @@ class Engine:
 
     def embed(self, model: str, sources: list[ImageSource], options: EmbedOptions,
               deadline: float | None = None, token: CancelToken | None = None) -> EmbedResult:  # fmt: skip
-        """`deadline` is a time.monotonic() value; past it the work is dropped, not run."""
-        self._check_request(sources, options)
-        entry = self.repository.resolve(model)
+        """Blocking form, for in-process callers. `deadline` is a time.monotonic() value; past it
+        the work is dropped, not run."""
+        entry = self._resolve(model, sources, options)
         self.cache.get(entry.name)  # load (once) now: an unusable model fails before any decoding
         token = token or CancelToken()
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
-        batcher = self.batcher(entry.name)
+        batcher = self._admission(entry, deadline)
         with batcher.admit(len(sources)):
-            tensors = self._preprocess(entry.name, sources, deadline, token)
-            futures = batcher.submit(tensors, deadline)
+            decoding = self._start_preprocess(entry.name, sources, deadline, token)
+            for future in decoding:
+                future.exception()  # waits
+            futures = batcher.submit(self._tensors(decoding), deadline)
             token.attach(futures)
             vectors = np.stack(self._collect(futures, deadline))
         return self._post(entry, vectors, options)
+
+    async def embed_async(self, model: str, sources: list[ImageSource], options: EmbedOptions,
+                          deadline: float | None = None) -> EmbedResult:  # fmt: skip
+        """The server's form: the event loop never blocks. Decoding runs in the worker pool and
+        inference in the batcher thread; this coroutine only waits for them. Cancelling it (the
+        caller went away) cancels the request's queued decoding and inference."""
+        entry = self._resolve(model, sources, options)
+        if self.cache.cached(entry.name) is None:
+            await asyncio.to_thread(self.cache.get, entry.name)  # a load takes seconds: not on the loop
+        token = CancelToken()
+        batcher = self._admission(entry, deadline)
+        with batcher.admit(len(sources)):
+            decoding = self._start_preprocess(entry.name, sources, deadline, token)
+            try:
+                await self._all_done(decoding)
+                futures = batcher.submit(self._tensors(decoding), deadline)
+                token.attach(futures)
+                vectors = np.stack(await self._collect_async(futures, deadline))
+            except asyncio.CancelledError:
+                token.cancel()
+                for future in decoding:
+                    future.cancel()
+                raise
+        return self._post(entry, vectors, options)
+
+    @staticmethod
+    async def _all_done(futures: list[Future[np.ndarray]]) -> None:
+        """Waits for every future; their results and errors are read from them afterwards."""
+        waiting = [asyncio.wrap_future(f) for f in futures]
+        try:
+            await asyncio.wait(waiting)
+        finally:
+            for wrapped in waiting:  # read here, so asyncio never logs "exception never retrieved"
+                if wrapped.done() and not wrapped.cancelled():
+                    wrapped.exception()
+
+    def _resolve(self, model: str, sources: list[ImageSource], options: EmbedOptions) -> ModelEntry:
+        self._check_request(sources, options)
+        return self.repository.resolve(model)
+
+    def _admission(self, entry: ModelEntry, deadline: float | None) -> Batcher:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
+        return self.batcher(entry.name)
 
     def _check_request(self, sources: list[ImageSource], options: EmbedOptions) -> None:
         if not sources:
@@ -134,8 +179,8 @@ class Engine:
         if (options.aggregate_only or options.normalize_aggregate) and not options.aggregate_mean:
             raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
 
-    def _preprocess(self, name: str, sources: list[ImageSource], deadline: float | None,
-                    token: CancelToken) -> list[np.ndarray]:  # fmt: skip
+    def _start_preprocess(self, name: str, sources: list[ImageSource], deadline: float | None,
+                          token: CancelToken) -> list[Future[np.ndarray]]:  # fmt: skip
         preprocessor = self._preprocessors[name]
 
         def one(index: int) -> np.ndarray:
@@ -146,12 +191,14 @@ class Engine:
             except InvalidImage as exc:
                 raise exc.at(index) from None
 
-        futures = [self.pool.submit(one, i) for i in range(len(sources))]
-        errors = [f.exception() for f in futures]
-        bad = [e for e in errors if e is not None]
+        return [self.pool.submit(one, i) for i in range(len(sources))]
+
+    def _tensors(self, decoded: list[Future[np.ndarray]]) -> list[np.ndarray]:
+        """The finished decoding futures' tensors, or one error for the request."""
+        bad = [e for f in decoded if (e := f.exception()) is not None]
         if bad:
             raise self._combined(bad)
-        return [f.result() for f in futures]
+        return [f.result() for f in decoded]
 
     @staticmethod
     def _combined(errors: list[BaseException]) -> BaseException:
@@ -183,6 +230,17 @@ class Engine:
             for future in futures:
                 future.cancel()  # no-op for finished ones; frees queue slots of the rest
         return results
+
+    @staticmethod
+    async def _collect_async(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return list(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), timeout))
+        except TimeoutError:
+            raise DeadlineExpired("deadline exceeded while waiting for inference") from None
+        finally:
+            for future in futures:
+                future.cancel()  # no-op for finished ones; frees queue slots of the rest
 
     @staticmethod
     def _post(entry: ModelEntry, vectors: np.ndarray, options: EmbedOptions) -> EmbedResult:

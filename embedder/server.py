@@ -1,11 +1,20 @@
 """The server's lifecycle (STYLE 9): NOT_SERVING -> load and warm up -> SERVING; on stop,
-NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period."""
+NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period.
+
+gRPC runs on asyncio (`grpc.aio`) in a thread of its own: one event loop answers every call, and a
+call waiting for its images holds no thread. Decoding runs in the engine's worker pool and
+inference in each model's batcher thread. The public methods (`start`, `stop`, `wait`) are
+blocking, so the CLI and tests drive the server like any other object.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -28,6 +37,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+T = TypeVar("T")
 
 
 class EmbedderServer:
@@ -37,30 +47,46 @@ class EmbedderServer:
         self.plan = plan_threads(settings.intra_op_threads or None, settings.preprocess_workers or None)
         self.telemetry = Telemetry()
         self.metrics_port: int | None = None
-        self.health = health.HealthServicer(
-            experimental_non_blocking=True, experimental_thread_pool=ThreadPoolExecutor(1, "health")
-        )
-        for service in ("", SERVICE_NAME, *self.repository.entries):
-            self.health.set(service, _NOT_SERVING)
+        self.health = health.aio.HealthServicer()
+        self._health: dict[str, int] = {s: _NOT_SERVING for s in ("", SERVICE_NAME, *self.repository.entries)}
         self.cache = SessionCache(
             self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
         )
         self.engine = Engine(settings, self.repository, self.cache, self.plan.preprocess_workers,
                              batch_observer=self.telemetry.batch_done)  # fmt: skip
         self.telemetry.track(self.engine.queue_depths, lambda: len(self.cache.resident()))
-        self.server = self._build_grpc_server()
+        self.service = EmbedderService(self.engine, self.telemetry)
         self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: grpc.aio.Server | None = None
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
 
-    def _build_grpc_server(self) -> grpc.Server:
+    # -- the event loop's thread ------------------------------------------------------------
+    def _on_loop(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Runs a coroutine on the server's loop from another thread and returns its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def _set_health(self, service: str, status: int) -> None:
+        """Callable from any thread: before start it is only recorded, after it is published."""
+        self._health[service] = status
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            return
+        if threading.current_thread() is self._thread:
+            loop.create_task(self.health.set(service, status))
+        else:
+            asyncio.run_coroutine_threadsafe(self.health.set(service, status), loop)
+
+    def _build_grpc_server(self) -> grpc.aio.Server:
         tokens = self.settings.tokens()
-        interceptors = [TokenAuthInterceptor(tokens)] if tokens else []
-        server = grpc.server(
-            ThreadPoolExecutor(self.settings.grpc_workers, thread_name_prefix="grpc"),
-            interceptors=interceptors,
+        server = grpc.aio.server(
+            interceptors=[TokenAuthInterceptor(tokens)] if tokens else None,
             options=self._options(),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
         )
-        self.service = EmbedderService(self.engine, self.telemetry)
         pb_grpc.add_EmbedderServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -72,11 +98,6 @@ class EmbedderServer:
         options = [
             *channel_options(self.settings.max_message_bytes, round_robin=False),
             ("grpc.so_reuseport", 0),
-            # gRPC core cancels (CANCELLED, before any handler runs) calls that wait for a handler
-            # beyond 1000 pending; under overload our admission control is what should answer, with
-            # RESOURCE_EXHAUSTED, so calls are allowed to wait in core for a handler thread.
-            ("grpc.server.max_pending_requests", 20_000),
-            ("grpc.server.max_pending_requests_hard_limit", 40_000),
         ]
         if self.settings.max_connection_age_s > 0:
             # Clients re-resolve DNS only when a connection ends: without this, replicas added by an
@@ -85,7 +106,6 @@ class EmbedderServer:
             options += [("grpc.max_connection_age_ms", age_ms),
                         ("grpc.max_connection_age_grace_ms", int(self.settings.shutdown_grace_s * 1000))]  # fmt: skip
         return options
-
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
         if s.tls_cert is None or s.tls_key is None:
@@ -101,29 +121,54 @@ class EmbedderServer:
         """Bind, start, preload if asked, then report SERVING. Returns the bound port."""
         started = time.perf_counter()
         credentials = self._credentials()
-        if credentials is None:
-            self.port = self.server.add_insecure_port(self.settings.address)
-        else:
-            self.port = self.server.add_secure_port(self.settings.address, credentials)
-        if self.port == 0:
-            raise OSError(f"cannot bind {self.settings.address}")
-        self.server.start()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        try:
+            self.port = self._on_loop(self._start_grpc(credentials))
+        except BaseException:
+            self._close_loop()
+            raise
         if self.settings.metrics_address:
             self.metrics_port = self.telemetry.serve(self.settings.metrics_address)
             log.info("metrics on %s (port %d)", self.settings.metrics_address, self.metrics_port)
         log.info(
-            "threads: %d CPUs available -> ORT intra-op %d, preprocess workers %d, gRPC workers %d",
-            self.plan.cpus, self.plan.intra_op, self.plan.preprocess_workers, self.settings.grpc_workers,
+            "threads: %d CPUs available -> ORT intra-op %d, preprocess workers %d, gRPC on one asyncio loop",
+            self.plan.cpus, self.plan.intra_op, self.plan.preprocess_workers,
         )  # fmt: skip
         if self.settings.preload:
             self._preload()
         self.cache.start_reaper()
-        self.health.set("", _SERVING)
-        self.health.set(SERVICE_NAME, _SERVING)
+        self._set_health("", _SERVING)
+        self._set_health(SERVICE_NAME, _SERVING)
         log.info("serving on port %d (%s TLS) in %.2f s; models: %s", self.port,
                  "with" if credentials else "without", time.perf_counter() - started,
                  ", ".join(f"{n} [{self.cache.status(n)[0].value}]" for n in self.repository.entries) or "none")  # fmt: skip
         return self.port
+
+    async def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> int:
+        server = self._build_grpc_server()
+        for service, status in dict(self._health).items():
+            await self.health.set(service, status)
+        try:
+            if credentials is None:
+                port = server.add_insecure_port(self.settings.address)
+            else:
+                port = server.add_secure_port(self.settings.address, credentials)
+        except RuntimeError as exc:
+            raise OSError(f"cannot bind {self.settings.address}: {exc}") from None
+        if port == 0:
+            raise OSError(f"cannot bind {self.settings.address}")
+        await server.start()
+        self._server = server
+        return port
+
+    def _close_loop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
     def _preload(self) -> None:
         for name in self.repository.entries:
@@ -136,7 +181,7 @@ class EmbedderServer:
                 log.error("model %s failed to preload: %s", name, exc.message)
 
     def _model_state(self, name: str, state: ModelState, load_seconds: float) -> None:
-        self.health.set(name, _SERVING if state is ModelState.SERVING else _NOT_SERVING)
+        self._set_health(name, _SERVING if state is ModelState.SERVING else _NOT_SERVING)
         if state is ModelState.SERVING:
             self.telemetry.loads.labels(name).inc()
             self.telemetry.load_seconds.labels(name).set(load_seconds)
@@ -144,25 +189,32 @@ class EmbedderServer:
             self.telemetry.evictions.labels(name).inc()
 
     def stop(self, grace: float | None = None) -> None:
-        """NOT_SERVING everywhere, refuse new calls, wait for in-flight ones up to `grace` seconds."""
-        grace = self.settings.shutdown_grace_s if grace is None else grace
-        log.info("shutting down: draining in-flight calls for up to %.1f s", grace)
+        """NOT_SERVING everywhere, refuse new calls, wait for in-flight ones up to `grace` seconds.
+        Safe to call more than once, and on a server that never started."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            grace = self.settings.shutdown_grace_s if grace is None else grace
+            if self._server is not None:
+                log.info("shutting down: draining in-flight calls for up to %.1f s", grace)
+                self._on_loop(self._drain(grace))
+            self._close_loop()
+            self.engine.close()
+            self.cache.close()
+            self._stopped.set()
+            log.info("stopped")
+
+    async def _drain(self, grace: float) -> None:
+        assert self._server is not None
         started = time.monotonic()
-        self.health.enter_graceful_shutdown()
-        stopped = self.server.stop(grace)  # refuses new calls at once
+        await self.health.enter_graceful_shutdown()
+        stopping = asyncio.ensure_future(self._server.stop(grace))  # refuses new calls at once
         # Unary calls get the grace period; long-lived streams (health Watch of client-side health
         # checking) would hold it to the end, so they are cut once the unary calls are done.
-        # A call that gRPC accepted but no handler has picked up yet is not counted in flight:
-        # wait until the handlers have stayed idle briefly before cutting what is left.
-        while self.service.wait_idle(max(0.0, grace - (time.monotonic() - started))):
-            time.sleep(0.2)
-            if self.service.wait_idle(0) or time.monotonic() - started >= grace:
-                break
-        self.server.stop(max(0.0, min(0.1, grace - (time.monotonic() - started))))
-        stopped.wait()
-        self.engine.close()
-        self.cache.close()
-        log.info("stopped")
+        await self.service.wait_idle(grace)
+        await self._server.stop(max(0.0, min(0.1, grace - (time.monotonic() - started))))
+        await stopping
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        """Blocks until `stop` has finished."""
+        self._stopped.wait()

@@ -7,17 +7,18 @@ a plain INTERNAL that leaks nothing.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import grpc
 import numpy as np
 
-from .engine import CancelToken, EmbedOptions, EmbedResult, Engine
+from .engine import EmbedOptions, EmbedResult, Engine
 from .errors import EmbedderError, InvalidImage
 from .repository import ModelEntry
 from .sessions import ModelState
@@ -84,21 +85,31 @@ class Outcome:
     error: EmbedderError | None = None
 
 
-@contextmanager
-def translated_errors(context: grpc.ServicerContext, request_id: str = "-") -> Iterator[Outcome]:
-    outcome = Outcome()
+@asynccontextmanager
+async def translated_errors(context: grpc.aio.ServicerContext, request_id: str = "-",
+                            outcome: Outcome | None = None) -> AsyncIterator[Outcome]:  # fmt: skip
+    outcome = outcome or Outcome()
     try:
         yield outcome
     except EmbedderError as exc:
         outcome.code, outcome.error = exc.code, exc
-        context.abort(exc.code, exc.message)
+        await context.abort(exc.code, exc.message)
+    except asyncio.CancelledError:
+        outcome.code = ended_early(context)
+        raise
     except Exception:
         outcome.code = grpc.StatusCode.INTERNAL
         log.exception("internal error (request %s)", request_id, extra={"request_id": request_id})
-        context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
+        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
 
 
-def call_deadline(context: grpc.ServicerContext) -> float | None:
+def ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """Why gRPC cancelled a handler: its deadline passed, or the caller went away."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
+def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
     """The caller's deadline as a time.monotonic() value; None when the call has none (gRPC then
     reports an effectively infinite time remaining, which no timeout can hold)."""
     remaining = context.time_remaining()
@@ -107,47 +118,64 @@ def call_deadline(context: grpc.ServicerContext) -> float | None:
     return time.monotonic() + remaining
 
 
-def request_id(context: grpc.ServicerContext) -> str:
-    """The caller's x-request-id, or a new one; echoed back in the response metadata."""
+_ID_PREFIX = uuid.uuid4().hex[:8]  # per process, so ids from several replicas never collide
+_id_counter = itertools.count(1)
+
+
+def request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's x-request-id, or a new one; echoed back in the trailing metadata, which goes
+    out with the status (no extra send on the hot path)."""
     given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
-    rid = str(given)[:128] if given else uuid.uuid4().hex[:16]
-    context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+    rid = str(given)[:128] if given else f"{_ID_PREFIX}{next(_id_counter):08x}"
+    context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
     return rid
 
 
 class EmbedderService(pb_grpc.EmbedderServicer):
+    """Coroutine handlers on the server's event loop: a call holds no thread while its images are
+    decoded and embedded, so admission control answers every call at once, however many wait."""
+
     def __init__(self, engine: Engine, telemetry: Telemetry) -> None:
         self.engine = engine
         self.telemetry = telemetry
         self._inflight = 0
-        self._idle = threading.Condition()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._infos = {name: model_info(entry) for name, entry in engine.repository.entries.items()}
 
     @contextmanager
     def _tracked(self) -> Iterator[None]:
         """Counts unary calls in progress, so shutdown can wait for them and not for streams."""
-        with self._idle:
-            self._inflight += 1
+        self._inflight += 1
+        self._idle.clear()
         try:
             yield
         finally:
-            with self._idle:
-                self._inflight -= 1
-                self._idle.notify_all()
+            self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
-    def wait_idle(self, timeout: float) -> bool:
-        with self._idle:
-            return self._idle.wait_for(lambda: self._inflight == 0, timeout)
-
-    def Embed(self, request: pb.EmbedRequest, context: grpc.ServicerContext) -> pb.EmbedResponse:
-        started = time.perf_counter()
-        rid = request_id(context)
+    async def wait_idle(self, timeout: float) -> bool:
+        """True once no unary call is in progress; False if that takes longer than `timeout`."""
         try:
-            with self._tracked(), translated_errors(context, rid) as outcome:
-                token = CancelToken()
-                context.add_callback(token.cancel)
-                deadline = call_deadline(context)
-                result = self.engine.embed(request.model, _sources(request), _options(request), deadline, token)
-                return self._response(result)
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        started = time.perf_counter()
+        outcome, rid = Outcome(), "-"
+        try:
+            with self._tracked():
+                rid = request_id(context)
+                async with translated_errors(context, rid, outcome):
+                    deadline = call_deadline(context)
+                    result = await self.engine.embed_async(request.model, _sources(request), _options(request), deadline)
+                    return self._response(result)
+        except asyncio.CancelledError:
+            outcome.code = ended_early(context)
+            raise
         finally:
             self._record(request, outcome, time.perf_counter() - started, rid)
         raise AssertionError("unreachable: abort raises")
@@ -161,32 +189,35 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             model = "unknown"  # never a caller-chosen label: that would let clients grow the metric set
         self.telemetry.request_done(model, len(request.images), outcome.code.name, seconds, rid)
 
-    @staticmethod
-    def _response(result: EmbedResult) -> pb.EmbedResponse:
+    def _response(self, result: EmbedResult) -> pb.EmbedResponse:
         response = pb.EmbedResponse(
-            embeddings=[_embedding(v) for v in result.embeddings], model=model_info(result.entry)
+            embeddings=[_embedding(v) for v in result.embeddings], model=self._infos[result.entry.name]
         )
         if result.aggregate is not None:
             response.aggregate.CopyFrom(_embedding(result.aggregate))
         return response
 
-    def ListModels(self, request: pb.ListModelsRequest, context: grpc.ServicerContext) -> pb.ListModelsResponse:
-        with self._tracked(), translated_errors(context):
-            cache = self.engine.cache
-            resident = set(cache.resident())
-            statuses = []
-            for name, entry in sorted(self.engine.repository.entries.items()):
-                state, error, load_seconds = cache.status(name)
-                size = entry.onnx_path.stat().st_size if entry.onnx_path.is_file() else 0
-                statuses.append(
-                    pb.ModelStatus(
-                        info=model_info(entry),
-                        state=_STATES[state],
-                        loaded=name in resident,
-                        error=error,
-                        load_seconds=load_seconds,
-                        onnx_bytes=size,
-                    )
-                )
-            return pb.ListModelsResponse(models=statuses)
+    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+        with self._tracked():
+            async with translated_errors(context):
+                return pb.ListModelsResponse(models=self._statuses())
         raise AssertionError("unreachable: abort raises")
+
+    def _statuses(self) -> list[pb.ModelStatus]:
+        cache = self.engine.cache
+        resident = set(cache.resident())
+        statuses = []
+        for name, entry in sorted(self.engine.repository.entries.items()):
+            state, error, load_seconds = cache.status(name)
+            size = entry.onnx_path.stat().st_size if entry.onnx_path.is_file() else 0
+            statuses.append(
+                pb.ModelStatus(
+                    info=model_info(entry),
+                    state=_STATES[state],
+                    loaded=name in resident,
+                    error=error,
+                    load_seconds=load_seconds,
+                    onnx_bytes=size,
+                )
+            )
+        return statuses

@@ -87,16 +87,17 @@ class SessionCache:
 
     def get(self, name: str) -> ort.InferenceSession:
         """The model's session, loading it first if needed (once, however many callers race)."""
-        session = self._touch(name)
+        session = self.cached(name)
         if session is not None:
             return session
         with self._model_locks[name]:
-            session = self._touch(name)
+            session = self.cached(name)
             if session is None:
                 session = self._load(self.repository.entries[name])
         return session
 
-    def _touch(self, name: str) -> ort.InferenceSession | None:
+    def cached(self, name: str) -> ort.InferenceSession | None:
+        """The model's session if it is resident (marking it used), else None; never loads."""
         with self._lock:
             resident = self._resident.get(name)
             if resident is None:

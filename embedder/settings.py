@@ -25,9 +25,8 @@ class Settings(BaseModel):
     idle_ttl_s: float = Field(0.0, ge=0, description="evict a session idle this long (0 = never)")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = CPUs available)")
     preprocess_workers: int = Field(0, ge=0, description="decode/resize threads (0 = CPUs available)")
-    grpc_workers: int = Field(64, ge=1, description="gRPC handler threads (concurrent requests in progress)")
     max_concurrent_rpcs: int = Field(
-        512, ge=0, description="calls in progress or waiting for a handler; beyond: RESOURCE_EXHAUSTED (0 = no limit)"
+        512, ge=0, description="calls in progress at once; beyond: RESOURCE_EXHAUSTED (0 = no limit)"
     )
     max_batch_size: int = Field(8, ge=1, le=1024, description="images per session.run")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="how long an idle batcher waits to fill a batch")
