@@ -38,6 +38,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 T = TypeVar("T")
+PENDING_SOFT_LIMIT = 5000
 
 
 class EmbedderServer:
@@ -98,6 +99,12 @@ class EmbedderServer:
         options = [
             *channel_options(self.settings.max_message_bytes, round_robin=False),
             ("grpc.so_reuseport", 0),
+            # Calls the event loop has not picked up yet wait in gRPC core. Past the soft limit core
+            # refuses a random share of new calls with CANCELLED (all of them past the hard one),
+            # before any handler could answer RESOURCE_EXHAUSTED; the defaults (1000 / 3000) are
+            # reached by a stall of about a second at the call rates a small model sees.
+            ("grpc.server.max_pending_requests", PENDING_SOFT_LIMIT),
+            ("grpc.server.max_pending_requests_hard_limit", 2 * PENDING_SOFT_LIMIT),
         ]
         if self.settings.max_connection_age_s > 0:
             # Clients re-resolve DNS only when a connection ends: without this, replicas added by an

@@ -32,6 +32,10 @@ CALL_TIMEOUT_S = 10.0
 MAX_QUEUE = 32
 RSS_BUDGET_MB = 300
 LATE_GROWTH_MB = 25  # allowed RSS growth over the last third of the load (allocator noise)
+# The pipeline's keyframe size. With thumbnails (160x120) the tiny model's capacity is ~450 calls/s
+# and 2x that, with this client on the same 2 cores, is past the rate at which one Python process
+# can answer gRPC calls at all: measured in the README (Reliability), not asserted here.
+KEYFRAME = (640, 480)
 
 
 def median_latency(stub: pb_grpc.EmbedderStub, request: pb.EmbedRequest, calls: int = 30) -> float:
@@ -108,7 +112,7 @@ class OpenLoop:
 @pytest.mark.slow
 def test_twice_capacity_sheds_load_with_bounded_memory(spawn: Callable[..., ServerProcess]) -> None:
     server = spawn("--preload", "--max-queue-images", str(MAX_QUEUE), "--log-level", "WARNING")
-    request = image_request(encode(picture(160, 120, 3), "JPEG", quality=90))
+    request = image_request(encode(picture(*KEYFRAME, 3), "JPEG", quality=90))
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.EmbedderStub(channel)
         idle = median_latency(stub, request)
