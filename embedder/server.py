@@ -41,6 +41,34 @@ T = TypeVar("T")
 PENDING_SOFT_LIMIT = 5000
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 as published by grpcio-health-checking, plus a way to end open Watch
+    streams, so they do not hold a shutdown for its whole grace period."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._watches: set[asyncio.Future[None]] = set()
+        self._ending = False
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        # The stream runs as an inner task: cancelling that one (not the call's own task, whose
+        # cancellation gRPC turns into a wait for the end of the grace) lets the call end with OK.
+        stream = asyncio.ensure_future(super().Watch(request, context))
+        self._watches.add(stream)
+        try:
+            await stream
+        except asyncio.CancelledError:
+            if not stream.cancelled() or not self._ending:
+                raise
+        finally:
+            self._watches.discard(stream)
+
+    def end_watches(self) -> None:
+        self._ending = True
+        for stream in list(self._watches):
+            stream.cancel()
+
+
 class EmbedderServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -48,7 +76,7 @@ class EmbedderServer:
         self.plan = plan_threads(settings.intra_op_threads or None, settings.preprocess_workers or None)
         self.telemetry = Telemetry()
         self.metrics_port: int | None = None
-        self.health = health.aio.HealthServicer()
+        self.health = HealthServicer()
         self._health: dict[str, int] = {s: _NOT_SERVING for s in ("", SERVICE_NAME, *self.repository.entries)}
         self.cache = SessionCache(
             self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
@@ -212,14 +240,14 @@ class EmbedderServer:
             log.info("stopped")
 
     async def _drain(self, grace: float) -> None:
+        """`stop` is called once only: gRPC aio's shutdown is not safe to run twice at once."""
         assert self._server is not None
-        started = time.monotonic()
         await self.health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(self._server.stop(grace))  # refuses new calls at once
         # Unary calls get the grace period; long-lived streams (health Watch of client-side health
-        # checking) would hold it to the end, so they are cut once the unary calls are done.
+        # checking) would hold it to the end, so they are ended once the unary calls are done.
         await self.service.wait_idle(grace)
-        await self._server.stop(max(0.0, min(0.1, grace - (time.monotonic() - started))))
+        self.health.end_watches()
         await stopping
 
     def wait(self) -> None:
