@@ -4,8 +4,8 @@ handed back to each request's futures in order.
 
 Admission is bounded: a request reserves room for its images *before* they are decoded, and holds
 it until it is answered, so every image in preprocessing, waiting or running counts. When full,
-RESOURCE_EXHAUSTED comes at once, before any work, instead of a backlog growing in the gRPC
-executor or the decode pool. Work whose deadline has passed, or whose request was cancelled, is
+RESOURCE_EXHAUSTED comes at once, before any work, instead of a backlog growing in the
+server or the decode pool. Work whose deadline has passed, or whose request was cancelled, is
 dropped before inference, so it never costs model time.
 """
 
