@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,33 +40,6 @@ class EmbedResult:
     entry: ModelEntry
     embeddings: np.ndarray  # [N, D] float32 (empty [0, D] with aggregate_only)
     aggregate: np.ndarray | None  # [D]
-
-
-class CancelToken:
-    """Set by the transport when the call ends early; cancels the request's queued images."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._cancelled = False
-        self._futures: list[Future[np.ndarray]] = []
-
-    def attach(self, futures: list[Future[np.ndarray]]) -> None:
-        with self._lock:
-            self._futures = futures
-            cancelled = self._cancelled
-        if cancelled:
-            self.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            futures = list(self._futures)
-        for future in futures:
-            future.cancel()
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
@@ -108,45 +80,31 @@ class Engine:
         with self._batchers_lock:
             return {name: batcher.depth() for name, batcher in self._batchers.items()}
 
-    def embed(self, model: str, sources: list[ImageSource], options: EmbedOptions,
-              deadline: float | None = None, token: CancelToken | None = None) -> EmbedResult:  # fmt: skip
-        """Blocking form, for in-process callers. `deadline` is a time.monotonic() value; past it
-        the work is dropped, not run."""
-        entry = self._resolve(model, sources, options)
-        self.cache.get(entry.name)  # load (once) now: an unusable model fails before any decoding
-        token = token or CancelToken()
-        batcher = self._admission(entry, deadline)
-        with batcher.admit(len(sources)):
-            decoding = self._start_preprocess(entry.name, sources, deadline, token)
-            for future in decoding:
-                future.exception()  # waits
-            futures = batcher.submit(self._tensors(decoding), deadline)
-            token.attach(futures)
-            vectors = np.stack(self._collect(futures, deadline))
-        return self._post(entry, vectors, options)
-
-    async def embed_async(self, model: str, sources: list[ImageSource], options: EmbedOptions,
-                          deadline: float | None = None) -> EmbedResult:  # fmt: skip
-        """The server's form: the event loop never blocks. Decoding runs in the worker pool and
-        inference in the batcher thread; this coroutine only waits for them. Cancelling it (the
-        caller went away) cancels the request's queued decoding and inference."""
-        entry = self._resolve(model, sources, options)
+    async def embed(self, model: str, sources: list[ImageSource], options: EmbedOptions,
+                    deadline: float | None = None) -> EmbedResult:  # fmt: skip
+        """Runs on the server's event loop and never blocks it: decoding runs in the worker pool,
+        inference in the model's batcher thread, a model load in a helper thread. `deadline` is a
+        time.monotonic() value; past it the work is dropped, not run. Cancelling the coroutine
+        (the caller went away) drops the request's decoding and inference not yet started."""
+        self._check_request(sources, options)
+        entry = self.repository.resolve(model)
         if self.cache.cached(entry.name) is None:
-            await asyncio.to_thread(self.cache.get, entry.name)  # a load takes seconds: not on the loop
-        token = CancelToken()
-        batcher = self._admission(entry, deadline)
+            await asyncio.to_thread(self.cache.get, entry.name)  # an unusable model fails before decoding
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
+        batcher = self.batcher(entry.name)
+        cancelled = threading.Event()
         with batcher.admit(len(sources)):
-            decoding = self._start_preprocess(entry.name, sources, deadline, token)
+            decoding = self._start_preprocess(entry.name, sources, deadline, cancelled)
             try:
                 await self._all_done(decoding)
-                futures = batcher.submit(self._tensors(decoding), deadline)
-                token.attach(futures)
-                vectors = np.stack(await self._collect_async(futures, deadline))
             except asyncio.CancelledError:
-                token.cancel()
+                cancelled.set()
                 for future in decoding:
                     future.cancel()
                 raise
+            futures = batcher.submit(self._tensors(decoding), deadline)
+            vectors = np.stack(await self._collect(futures, deadline))
         return self._post(entry, vectors, options)
 
     @staticmethod
@@ -160,15 +118,6 @@ class Engine:
                 if wrapped.done() and not wrapped.cancelled():
                     wrapped.exception()
 
-    def _resolve(self, model: str, sources: list[ImageSource], options: EmbedOptions) -> ModelEntry:
-        self._check_request(sources, options)
-        return self.repository.resolve(model)
-
-    def _admission(self, entry: ModelEntry, deadline: float | None) -> Batcher:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
-        return self.batcher(entry.name)
-
     def _check_request(self, sources: list[ImageSource], options: EmbedOptions) -> None:
         if not sources:
             raise InvalidRequest("request has no images")
@@ -180,11 +129,11 @@ class Engine:
             raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
 
     def _start_preprocess(self, name: str, sources: list[ImageSource], deadline: float | None,
-                          token: CancelToken) -> list[Future[np.ndarray]]:  # fmt: skip
+                          cancelled: threading.Event) -> list[Future[np.ndarray]]:  # fmt: skip
         preprocessor = self._preprocessors[name]
 
         def one(index: int) -> np.ndarray:
-            if token.cancelled or (deadline is not None and time.monotonic() >= deadline):
+            if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 raise DeadlineExpired("deadline passed or call cancelled before decoding")  # no work for the dead
             try:
                 return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
@@ -216,23 +165,9 @@ class Engine:
         return InvalidRequest(message) if isinstance(first, InvalidRequest) else type(first)(message)
 
     @staticmethod
-    def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
-        results = []
-        try:
-            for future in futures:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-                results.append(future.result(timeout=timeout))
-        except FutureTimeout:
-            raise DeadlineExpired("deadline exceeded while waiting for inference") from None
-        except CancelledError:
-            raise DeadlineExpired("request cancelled") from None
-        finally:
-            for future in futures:
-                future.cancel()  # no-op for finished ones; frees queue slots of the rest
-        return results
-
-    @staticmethod
-    async def _collect_async(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
+    async def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
+        """The request's vectors in order. However this ends (deadline, the caller gone), the
+        images still queued are cancelled, which frees their queue slots."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return list(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), timeout))

@@ -86,9 +86,8 @@ class Outcome:
 
 
 @asynccontextmanager
-async def translated_errors(context: grpc.aio.ServicerContext, request_id: str = "-",
-                            outcome: Outcome | None = None) -> AsyncIterator[Outcome]:  # fmt: skip
-    outcome = outcome or Outcome()
+async def translated_errors(context: grpc.aio.ServicerContext, request_id: str = "-") -> AsyncIterator[Outcome]:
+    outcome = Outcome()
     try:
         yield outcome
     except EmbedderError as exc:
@@ -165,17 +164,13 @@ class EmbedderService(pb_grpc.EmbedderServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
-        outcome, rid = Outcome(), "-"
+        rid = request_id(context)
         try:
             with self._tracked():
-                rid = request_id(context)
-                async with translated_errors(context, rid, outcome):
+                async with translated_errors(context, rid) as outcome:
                     deadline = call_deadline(context)
-                    result = await self.engine.embed_async(request.model, _sources(request), _options(request), deadline)
+                    result = await self.engine.embed(request.model, _sources(request), _options(request), deadline)
                     return self._response(result)
-        except asyncio.CancelledError:
-            outcome.code = ended_early(context)
-            raise
         finally:
             self._record(request, outcome, time.perf_counter() - started, rid)
         raise AssertionError("unreachable: abort raises")
