@@ -3,6 +3,11 @@
     python -m bench.load --server ADDR --model M --concurrency C --per-request K --seconds S --images DIR
 
 Prints one JSON object: images/s, requests, p50/p99 latency (ms), errors by status.
+
+images/s is the slope of completed images against completion time inside the window. Counting
+completions in a fixed window would be off by up to one batch: with 8-image batches finishing
+every ~0.45 s, a 15 s window catches 33 or 34 of them depending on phase, a +-3% error. The
+slope of that staircase is its rate whatever the phase. The plain count is kept beside it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ def main() -> None:
 def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[bytes]) -> dict[str, object]:
     lock = threading.Lock()
     latencies: list[float] = []
+    completions: list[float] = []
     codes: Counter[str] = Counter()
     counter = iter(range(10**12))
     start = time.perf_counter()
@@ -64,6 +70,8 @@ def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[byt
             if measure_from <= done <= stop_at:  # completions inside the window count
                 with lock:
                     codes[code] += 1
+                    if code == "OK":
+                        completions.append(done)
                     if sent >= measure_from:
                         latencies.append(done - sent)
 
@@ -79,11 +87,21 @@ def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[byt
         "per_request": args.per_request,
         "seconds": args.seconds,
         "requests": int(sum(codes.values())),
-        "images_per_s": ok * args.per_request / args.seconds,
+        "images_per_s": completion_rate(completions, args.per_request, args.seconds),
+        "images_per_s_counted": ok * args.per_request / args.seconds,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "codes": dict(codes),
     }
+
+
+def completion_rate(completions: list[float], per_request: int, seconds: float) -> float:
+    """Least-squares slope of cumulative images over completion times (images/s)."""
+    if len(set(completions)) < 3:
+        return len(completions) * per_request / seconds
+    times = np.sort(np.asarray(completions))
+    cumulative = np.arange(1, len(times) + 1) * per_request
+    return float(np.polyfit(times - times[0], cumulative, 1)[0])
 
 
 if __name__ == "__main__":
