@@ -96,15 +96,17 @@ class Engine:
         cancelled = threading.Event()
         with batcher.admit(len(sources)):
             decoding = self._start_preprocess(entry.name, sources, deadline, cancelled)
+            inference: list[Future[np.ndarray]] = []
             try:
                 await self._all_done(decoding)
-            except asyncio.CancelledError:
+                inference = batcher.submit(self._tensors(decoding), deadline)
+                vectors = np.stack(await self._collect(inference, deadline))
+            finally:
+                # However the request ends (answered, deadline, caller gone), nothing of it is left
+                # to run: no-op for finished work, frees the queue slots of the rest.
                 cancelled.set()
-                for future in decoding:
+                for future in (*decoding, *inference):
                     future.cancel()
-                raise
-            futures = batcher.submit(self._tensors(decoding), deadline)
-            vectors = np.stack(await self._collect(futures, deadline))
         return self._post(entry, vectors, options)
 
     @staticmethod
@@ -166,16 +168,12 @@ class Engine:
 
     @staticmethod
     async def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
-        """The request's vectors in order. However this ends (deadline, the caller gone), the
-        images still queued are cancelled, which frees their queue slots."""
+        """The request's vectors in order, or DeadlineExpired."""
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             return list(await asyncio.wait_for(asyncio.gather(*map(asyncio.wrap_future, futures)), timeout))
         except TimeoutError:
             raise DeadlineExpired("deadline exceeded while waiting for inference") from None
-        finally:
-            for future in futures:
-                future.cancel()  # no-op for finished ones; frees queue slots of the rest
 
     @staticmethod
     def _post(entry: ModelEntry, vectors: np.ndarray, options: EmbedOptions) -> EmbedResult:

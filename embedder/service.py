@@ -207,7 +207,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             size = entry.onnx_path.stat().st_size if entry.onnx_path.is_file() else 0
             statuses.append(
                 pb.ModelStatus(
-                    info=model_info(entry),
+                    info=self._infos[name],
                     state=_STATES[state],
                     loaded=name in resident,
                     error=error,
