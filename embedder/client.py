@@ -1,5 +1,6 @@
-"""Python client: deadlines by default, retries with backoff on UNAVAILABLE only, message sizes
-matching the server, numpy output, chunking of large jobs, sync and asyncio.
+"""Python client: deadlines by default, retries with backoff on UNAVAILABLE (and on a CANCELLED
+that no handler answered: see `retryable`), message sizes matching the server, numpy output,
+chunking of large jobs, sync and asyncio.
 
     with EmbedderClient("127.0.0.1:50051") as client:
         result = client.embed("clip-vit-base-patch32", [Path("a.jpg"), jpeg_bytes], normalize=True)
@@ -27,6 +28,7 @@ from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # the server's default
+REQUEST_ID_KEY = "x-request-id"  # the server echoes it in the trailing metadata of every Embed
 ImageLike = bytes | str | Path
 T = TypeVar("T")
 
@@ -81,11 +83,28 @@ def _credentials(root_ca: bytes | None, cert: bytes | None, key: bytes | None) -
     return grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key, certificate_chain=cert)
 
 
+def retryable(exc: grpc.RpcError) -> bool:
+    """Whether a failed call is safe and useful to repeat. Embedding is a pure function of the
+    request, so the only question is whether the server refused or dropped it:
+
+    - UNAVAILABLE: refused (the server is shutting down, or the replica is gone);
+    - CANCELLED with none of the server's trailing metadata: no handler answered it. This client
+      never cancels a call itself (its deadline ends as DEADLINE_EXCEEDED), so the server dropped
+      it: gRPC core cancels the calls it has received but not yet handed to the application when
+      a server shuts down (grpc/grpc#41785).
+    """
+    code = exc.code()
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return True
+    trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    return code == grpc.StatusCode.CANCELLED and all(key != REQUEST_ID_KEY for key, _ in trailers)
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     target: str = "127.0.0.1:50051"
     timeout: float = 60.0  # per call, seconds: every call has a deadline
-    retries: int = 4  # extra attempts on UNAVAILABLE
+    retries: int = 4  # extra attempts on a refused or dropped call (see `retryable`)
     backoff: float = 0.1  # first retry delay; doubles, with jitter
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     token: str | None = None
@@ -118,6 +137,7 @@ class EmbedderClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+        self._closed = False  # a call cut short by `close` ends CANCELLED: never retried
 
     def __enter__(self) -> Self:
         return self
@@ -126,6 +146,7 @@ class EmbedderClient:
         self.close()
 
     def close(self) -> None:
+        self._closed = True
         self.channel.close()
 
     def _call(self, method: Callable[..., T], request: object) -> T:
@@ -134,7 +155,7 @@ class EmbedderClient:
             try:
                 return method(request, timeout=self.config.timeout, metadata=self.config.metadata())
             except grpc.RpcError as exc:
-                delay = next(delays, None) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                delay = next(delays, None) if retryable(exc) and not self._closed else None
                 if delay is None:
                     raise
                 time.sleep(delay)
@@ -176,11 +197,13 @@ class AsyncEmbedderClient:
         else:
             self.channel = grpc.aio.insecure_channel(target, options=options)
         self.stub = pb_grpc.EmbedderStub(self.channel)
+        self._closed = False
 
     async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closed = True
         await self.channel.close()
 
     async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
@@ -189,7 +212,7 @@ class AsyncEmbedderClient:
             try:
                 return await method(request, timeout=self.config.timeout, metadata=self.config.metadata())
             except grpc.aio.AioRpcError as exc:
-                delay = next(delays, None) if exc.code() == grpc.StatusCode.UNAVAILABLE else None
+                delay = next(delays, None) if retryable(exc) and not self._closed else None
                 if delay is None:
                     raise
                 await asyncio.sleep(delay)

@@ -10,6 +10,7 @@ blocking, so the CLI and tests drive the server like any other object.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -39,6 +40,7 @@ _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 T = TypeVar("T")
 PENDING_SOFT_LIMIT = 5000
+STOP_GRACE_S = 1.0  # after the handlers are done: for refusals being written and streams ending
 
 
 class HealthServicer(health.aio.HealthServicer):
@@ -240,15 +242,34 @@ class EmbedderServer:
             log.info("stopped")
 
     async def _drain(self, grace: float) -> None:
-        """`stop` is called once only: gRPC aio's shutdown is not safe to run twice at once."""
+        """`stop` refuses new calls at once (GOAWAY, listener closed) and waits for the calls in
+        progress. Unary calls get the grace period; long-lived streams (the health Watch of
+        client-side health checking) would hold it to the end, so they are ended once the unary
+        calls are done.
+
+        What can still hold `stop` after that is a call no handler tracks: an open reflection stream
+        (grpcurl keeps one), or a call that grpc.aio took from core in the instant shutdown began
+        and never dispatched (seen here once in a dozen SIGTERMs under load: the exit then waited
+        out the whole grace). So once the handlers are idle, `stop` gets STOP_GRACE_S more, then
+        whatever is left is cancelled. gRPC's shutdown is not safe to run twice *at once*: the
+        first `stop` is cancelled before the second one starts.
+        """
         assert self._server is not None
+        ends = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
-        stopping = asyncio.ensure_future(self._server.stop(grace))  # refuses new calls at once
-        # Unary calls get the grace period; long-lived streams (health Watch of client-side health
-        # checking) would hold it to the end, so they are ended once the unary calls are done.
+        stopping = asyncio.ensure_future(self._server.stop(grace))
         await self.service.wait_idle(grace)
         self.health.end_watches()
-        await stopping
+        if ends - time.monotonic() <= STOP_GRACE_S:
+            return await stopping  # its own grace runs out first
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_GRACE_S)
+        if done:
+            return stopping.result()
+        log.warning("gRPC still holds calls no handler has after %.1f s of idle: cancelling them", STOP_GRACE_S)
+        stopping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopping
+        await self._server.stop(0)
 
     def wait(self) -> None:
         """Blocks until `stop` has finished."""

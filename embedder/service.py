@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager, contextmanager
 import grpc
 import numpy as np
 
+from .client import REQUEST_ID_KEY
 from .engine import EmbedOptions, EmbedResult, Engine
 from .errors import EmbedderError, InvalidImage
 from .repository import ModelEntry
@@ -36,7 +37,6 @@ _STATES = {
     ModelState.SERVING: pb.MODEL_STATE_SERVING,
 }
 
-REQUEST_ID_KEY = "x-request-id"
 MAX_DEADLINE_S = 365 * 24 * 3600.0  # beyond a year, a deadline is "none"
 
 
