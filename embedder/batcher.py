@@ -1,6 +1,7 @@
 """Dynamic batching for one model: concurrent requests' images are coalesced into one
-`session.run` (up to a max batch size, or whatever arrived within a short delay) and the rows are
-handed back to each request's futures in order.
+`session.run` (up to a max batch size, or whatever arrived within a short delay, plus images
+still being decoded, up to max_fill_wait_s) and the rows are handed back to each request's
+futures in order.
 
 Admission is bounded: a request reserves room for its images *before* they are decoded, and holds
 it until it is answered, so every image in preprocessing, waiting or running counts. When full,
@@ -23,11 +24,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import DeadlineExpired, LimitExceeded, Overloaded, ShuttingDown
+from .turns import CpuTurns
 
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
 BatchObserver = Callable[[str, int, float], None]  # model, batch size, seconds
+
+
+@dataclass(eq=False)
+class Admission:
+    """A request's room in the queue; `incoming` while its images are still being decoded."""
+
+    images: int
+    incoming: bool = True
 
 
 @dataclass(eq=False)
@@ -46,6 +56,8 @@ class Batcher:
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
+        turns: CpuTurns | None = None,
+        max_fill_wait_s: float = 0.05,
     ) -> None:
         self.name = name
         self._run_batch = run_batch
@@ -53,6 +65,9 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._observer = observer or (lambda name, size, seconds: None)
+        self._turns = turns or CpuTurns()
+        self.max_fill_wait_s = max_fill_wait_s
+        self._incoming = 0  # admitted images not yet submitted: being decoded
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -65,7 +80,7 @@ class Batcher:
         return self._admitted
 
     @contextmanager
-    def admit(self, images: int) -> Iterator[None]:
+    def admit(self, images: int) -> Iterator[Admission]:
         """Hold room for a request's images from before decoding until it is answered."""
         if images > self.max_queue:  # retrying could never help: a limit, not load
             raise LimitExceeded(
@@ -80,18 +95,27 @@ class Batcher:
                     f"max_queue_images={self.max_queue}; retry later"
                 )
             self._admitted += images
+            self._incoming += images
+        admission = Admission(images)
         try:
-            yield
+            yield admission
         finally:
             with self._cond:
                 self._admitted -= images
+                if admission.incoming:
+                    self._incoming -= images
+                    self._cond.notify()
 
-    def submit(self, tensors: list[np.ndarray], deadline: float | None) -> list[Future[np.ndarray]]:
+    def submit(self, tensors: list[np.ndarray], deadline: float | None,
+               admission: Admission | None = None) -> list[Future[np.ndarray]]:  # fmt: skip
         """Queue a request's images together (admitted first); one future per image, in order."""
         jobs = [Job(t, Future(), deadline) for t in tensors]
         with self._cond:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
+            if admission is not None and admission.incoming:
+                admission.incoming = False
+                self._incoming -= admission.images
             self._queue.extend(jobs)
             self._cond.notify()
         return [job.future for job in jobs]
@@ -109,12 +133,17 @@ class Batcher:
                 self._cond.wait()
             if not self._queue:
                 return None
-            fill_by = time.monotonic() + self.max_delay_s
+            started = time.monotonic()
+            fill_by = started + self.max_delay_s
+            # Images still being decoded join the batch too, up to max_fill_wait_s: decoding
+            # happens between runs (turns.py), so they are what the next batch is made of.
+            cap = started + max(self.max_delay_s, self.max_fill_wait_s)
             while len(self._queue) < self.max_batch and not self._closed:
-                remaining = fill_by - time.monotonic()
-                if remaining <= 0:
+                now = time.monotonic()
+                until = fill_by if now < fill_by else (cap if self._incoming > 0 else now)
+                if until <= now:
                     break
-                self._cond.wait(remaining)
+                self._cond.wait(until - now)
             return [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
 
     def _loop(self) -> None:
@@ -139,7 +168,9 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         started = time.perf_counter()
         try:
-            out = self._run_batch(np.stack([job.pixels for job in jobs]))
+            batch = np.stack([job.pixels for job in jobs])
+            with self._turns.run():
+                out = self._run_batch(batch)
         except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
             for job in jobs:
                 job.future.set_exception(exc)

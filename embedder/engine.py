@@ -1,6 +1,7 @@
 """One request through pre -> core -> post (STYLE 5).
 
-pre:  read and decode each image, resize, crop, normalise (a thread pool; Pillow releases the GIL)
+pre:  read and decode each image, resize, crop, normalise (a thread pool; Pillow releases the GIL),
+      between inference runs rather than beside them (turns.py)
 core: the model's batcher coalesces images of concurrent requests into one session.run
 post: L2-normalise if asked, mean-aggregate if asked
 """
@@ -23,6 +24,7 @@ from .runtime import run
 from .sessions import SessionCache
 from .settings import Settings
 from .sources import ImageSource, SourceReader
+from .turns import CpuTurns
 
 MAX_ERRORS_LISTED = 5
 
@@ -57,6 +59,7 @@ class Engine:
         self.limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         self._batch_observer = batch_observer
+        self.turns = CpuTurns()
         self._preprocessors = {
             name: Preprocessor(entry.spec.preprocessing, self.limits) for name, entry in repository.entries.items()
         }
@@ -73,6 +76,7 @@ class Engine:
                     max_delay_s=self.settings.max_batch_delay_ms / 1000,
                     max_queue=self.settings.max_queue_images,
                     observer=self._batch_observer,
+                    turns=self.turns,
                 )
             return self._batchers[name]
 
@@ -94,12 +98,12 @@ class Engine:
             raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
         batcher = self.batcher(entry.name)
         cancelled = threading.Event()
-        with batcher.admit(len(sources)):
+        with batcher.admit(len(sources)) as admission:
             decoding = self._start_preprocess(entry.name, sources, deadline, cancelled)
             inference: list[Future[np.ndarray]] = []
             try:
                 await self._all_done(decoding)
-                inference = batcher.submit(self._tensors(decoding), deadline)
+                inference = batcher.submit(self._tensors(decoding), deadline, admission)
                 vectors = np.stack(await self._collect(inference, deadline))
             finally:
                 # However the request ends (answered, deadline, caller gone), nothing of it is left
@@ -138,7 +142,8 @@ class Engine:
             if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 raise DeadlineExpired("deadline passed or call cancelled before decoding")  # no work for the dead
             try:
-                return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
+                with self.turns.decode():
+                    return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
             except InvalidImage as exc:
                 raise exc.at(index) from None
 

@@ -96,3 +96,45 @@ def test_a_failing_run_fails_every_request_in_it_and_the_batcher_survives() -> N
         batcher.submit([_pixels(1)], None)[0].result(5)
     assert batcher.submit([_pixels(2)], None)[0].result(5)[0] == pytest.approx(8.0)
     batcher.close()
+
+
+def test_images_still_being_decoded_join_the_batch() -> None:
+    """Decoding happens between runs (turns.py): a batch taken the moment the first decoded image
+    arrives would be a batch of one. Admitted images not yet submitted are waited for, up to
+    max_fill_wait_s, though max_delay_s is long past."""
+    model = Recorder()
+    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=2.0)
+    with batcher.admit(1) as first, batcher.admit(2) as second:
+        futures = batcher.submit([_pixels(1)], None, first)
+        time.sleep(0.2)  # "decoding" the second request
+        futures += batcher.submit([_pixels(2), _pixels(3)], None, second)
+        assert [f.result(5)[0] for f in futures] == pytest.approx([4.0, 8.0, 12.0])
+    assert model.batches == [[1.0, 2.0, 3.0]]
+    batcher.close()
+
+
+def test_an_admission_that_ends_undecoded_stops_the_wait_at_once() -> None:
+    """A request whose image failed to decode never submits: the batch must not wait out
+    max_fill_wait_s for it."""
+    model = Recorder()
+    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
+    started = time.monotonic()
+    with batcher.admit(1) as first:
+        with batcher.admit(1):
+            future = batcher.submit([_pixels(1)], None, first)[0]
+            time.sleep(0.1)
+        # the second admission ended without a submit (its decode failed)
+        assert future.result(5)[0] == pytest.approx(4.0)
+    assert time.monotonic() - started < 2.0
+    assert model.batches == [[1.0]]
+    batcher.close()
+
+
+def test_without_images_in_decoding_a_lone_image_runs_at_once() -> None:
+    model = Recorder()
+    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
+    started = time.monotonic()
+    with batcher.admit(1) as only:
+        assert batcher.submit([_pixels(1)], None, only)[0].result(5)[0] == pytest.approx(4.0)
+    assert time.monotonic() - started < 1.0
+    batcher.close()
