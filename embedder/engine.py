@@ -138,12 +138,17 @@ class Engine:
                           cancelled: threading.Event) -> list[Future[np.ndarray]]:  # fmt: skip
         preprocessor = self._preprocessors[name]
 
-        def one(index: int) -> np.ndarray:
+        def check() -> None:
             if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 raise DeadlineExpired("deadline passed or call cancelled before decoding")  # no work for the dead
+
+        def one(index: int) -> np.ndarray:
+            check()
             try:
+                data = self.reader.read(sources[index], index)
                 with self.turns.decode():
-                    return preprocessor(decode(self.reader.read(sources[index], index), self.limits))
+                    check()  # again: the turn may have come after a whole batch's run
+                    return preprocessor(decode(data, self.limits))
             except InvalidImage as exc:
                 raise exc.at(index) from None
 
