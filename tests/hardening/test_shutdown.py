@@ -187,6 +187,17 @@ def test_health_watch_sees_not_serving_on_sigterm(spawn: Callable[..., ServerPro
     assert server.process.returncode == 0
 
 
+def terminate_once_streaming(server: ServerProcess, seen: list[str], grace: float) -> float:
+    """SIGTERM once the open stream has delivered something; seconds until the process exited."""
+    deadline = time.monotonic() + 10
+    while not seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    signalled = time.monotonic()
+    server.terminate()
+    server.process.wait(grace + 10)
+    return time.monotonic() - signalled
+
+
 def test_open_health_watch_does_not_hold_shutdown_for_the_whole_grace(spawn: Callable[..., ServerProcess]) -> None:
     """Clients with gRPC client-side health checking keep a Watch open for ever; draining must
     not wait for it (nothing is in flight here, so the exit should take well under a second)."""
@@ -195,13 +206,7 @@ def test_open_health_watch_does_not_hold_shutdown_for_the_whole_grace(spawn: Cal
     seen: list[str] = []
     with grpc.insecure_channel(server.address) as channel:
         watch(channel, seen)
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.01)
-        signalled = time.monotonic()
-        server.terminate()
-        server.process.wait(grace + 10)
-        exited = time.monotonic() - signalled
+        exited = terminate_once_streaming(server, seen, grace)
     print(f"\nidle server with one open health Watch: exit {server.process.returncode} after {exited:.2f} s "
           f"(grace {grace:.0f} s)")  # fmt: skip
     assert server.process.returncode == 0
@@ -235,13 +240,7 @@ def test_a_stream_no_handler_tracks_holds_shutdown_for_one_second_not_the_grace(
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        deadline = time.monotonic() + 10
-        while not answers and time.monotonic() < deadline:
-            time.sleep(0.01)
-        signalled = time.monotonic()
-        server.terminate()
-        server.process.wait(grace + 10)
-        exited = time.monotonic() - signalled
+        exited = terminate_once_streaming(server, answers, grace)
         release.set()
         reader.join(10)
     print(f"\nopen reflection stream at SIGTERM: exit {server.process.returncode} after {exited:.2f} s "
