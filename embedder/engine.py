@@ -18,6 +18,7 @@ import numpy as np
 
 from .batcher import Batcher, BatchObserver
 from .errors import DeadlineExpired, EmbedderError, InvalidImage, InvalidRequest, LimitExceeded
+from .memory import IdleTrimmer
 from .preprocess import DecodeLimits, Preprocessor, decode
 from .repository import ModelEntry, Repository
 from .runtime import run
@@ -60,6 +61,7 @@ class Engine:
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         self._batch_observer = batch_observer
         self.turns = CpuTurns()
+        self.trimmer = IdleTrimmer()
         self._preprocessors = {
             name: Preprocessor(entry.spec.preprocessing, self.limits) for name, entry in repository.entries.items()
         }
@@ -75,10 +77,15 @@ class Engine:
                     max_batch=self.settings.max_batch_size if self.repository.entries[name].spec.batch_invariant else 1,
                     max_delay_s=self.settings.max_batch_delay_ms / 1000,
                     max_queue=self.settings.max_queue_images,
-                    observer=self._batch_observer,
+                    observer=self._batch_done,
                     turns=self.turns,
                 )
             return self._batchers[name]
+
+    def _batch_done(self, model: str, size: int, seconds: float) -> None:
+        self.trimmer.touch()
+        if self._batch_observer is not None:
+            self._batch_observer(model, size, seconds)
 
     def queue_depths(self) -> dict[str, int]:
         with self._batchers_lock:
@@ -204,3 +211,4 @@ class Engine:
         for batcher in batchers:
             batcher.close()
         self.pool.shutdown(wait=True)
+        self.trimmer.close()

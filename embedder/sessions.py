@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelUnavailable
+from .memory import release_free_memory
 from .repository import ModelEntry, Repository
 from .runtime import open_session, run
 from .spec import file_sha256
@@ -120,6 +121,7 @@ class SessionCache:
             self._set(entry.name, _Status(ModelState.UNAVAILABLE, message))
             raise ModelUnavailable(message) from exc
         seconds = time.perf_counter() - started
+        release_free_memory()  # the graph file's transient copy, freed once the session holds its weights
         with self._lock:
             self._resident[entry.name] = _Resident(session)
             self.loads[entry.name] += 1
