@@ -16,6 +16,7 @@ from pathlib import Path
 
 from embedder.cpus import available_cpus
 from embedder.repository import Repository
+from embedder.spec import ModelSpec
 from export.spec_writer import library_versions
 
 from . import measure
@@ -24,6 +25,7 @@ from .report import render
 from .service import ServerProcess, run_load
 
 LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request), on 640x480 frames
+PAIRED_ROUNDS = 3  # the service-over-ceiling ratio: ceiling and service alternate this many times
 
 
 def parse_args() -> argparse.Namespace:
@@ -65,10 +67,32 @@ def bench_model(repo: Repository, name: str, frames: list[bytes], dirs: dict[str
     ]
     # Phone-photo-sized JPEGs: decoding and resizing 12 MP costs more than the model; shown apart.
     result["service_large_photos"] = run_load(server.address, name, dirs["photos"], 4, 1, seconds * 1.5, warmup=2.0)
+    result["paired_c16"] = paired_rounds(server, name, entry.onnx_path, entry.spec, dirs["frames"], seconds,
+                                         PAIRED_ROUNDS if seconds >= 5 else 1)  # fmt: skip
     int8 = repo.entries.get(f"{name}-int8")
     if int8 is not None and int8.onnx_path.exists():
         result["int8"] = {"ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds)}
     return result
+
+
+def paired_rounds(server: ServerProcess, name: str, onnx_path: Path, spec: ModelSpec, frames: Path,
+                  seconds: float, rounds: int) -> list[dict[str, float]]:  # fmt: skip
+    """The ceiling (ORT batch 8, default settings) and the service at concurrency 16, measured in
+    alternating order, `rounds` times. The machine's speed drifts by several percent over minutes,
+    so a ratio of two measurements taken minutes apart carries that drift; alternating them keeps
+    both sides under the same conditions."""
+    session = measure.default_session(onnx_path)
+    out = []
+    for r in range(rounds):
+        row: dict[str, float] = {}
+        for side in ("ceiling", "service") if r % 2 == 0 else ("service", "ceiling"):
+            if side == "ceiling":
+                row["ceiling_b8_images_per_s"] = measure.session_rate(session, spec, 8, seconds)["images_per_s"]
+            else:
+                load = run_load(server.address, name, frames, 16, 1, seconds * 1.5, warmup=min(2.0, seconds / 2))
+                row["service_c16_images_per_s"] = float(load["images_per_s"])  # type: ignore[arg-type]
+        out.append(row)
+    return out
 
 
 def main() -> int:
@@ -98,6 +122,10 @@ def main() -> int:
         try:
             results["models"] = [bench_model(repo, n, frames, dirs, server, seconds, scratch) for n in names]
             results["rss_both_loaded_mb"] = server.rss_mb()
+            # Once batches stop, the server hands freed heap back within ~2-7 s (embedder/memory.py).
+            results["rss_at_rest_after_s"] = 1.0 if args.smoke else 8.0
+            time.sleep(results["rss_at_rest_after_s"])  # type: ignore[arg-type]
+            results["rss_at_rest_mb"] = server.rss_mb()
             results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
         finally:
             server.stop()

@@ -52,19 +52,26 @@ def torch_pipeline(spec: ModelSpec, images: list[bytes], seconds: float, scratch
     return {"one_at_a_time_images_per_s": single, "batch8_images_per_s": batched}
 
 
+def default_session(onnx_path: Path) -> ort.InferenceSession:
+    """The plain export at ORT's default settings: what the ceiling is measured on."""
+    return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+
+def session_rate(session: ort.InferenceSession, spec: ModelSpec, batch: int, seconds: float) -> dict[str, float]:
+    """images/s and ms per call of `session.run` on one precomputed batch."""
+    height, width = spec.preprocessing.input_size()
+    x = np.random.default_rng(batch).standard_normal((batch, 3, height, width)).astype(np.float32)
+    images_per_s, per_call = rate(lambda: (session.run(None, {"pixel_values": x}), batch)[1], seconds)
+    return {"images_per_s": images_per_s, "ms_per_batch": per_call * 1000}
+
+
 def ceiling(onnx_path: Path, spec: ModelSpec, seconds: float, default_settings: bool = True) -> dict[str, dict[str, float]]:
     """session.run on precomputed tensors; the plain export at ORT's default settings unless told."""
     if default_settings:
-        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        session = default_session(onnx_path)
     else:
         session = open_session(onnx_path, len(__import__("os").sched_getaffinity(0)))
-    height, width = spec.preprocessing.input_size()
-    out = {}
-    for batch in (1, 8, 32):
-        x = np.random.default_rng(batch).standard_normal((batch, 3, height, width)).astype(np.float32)
-        images_per_s, per_call = rate(lambda x=x, b=batch: (session.run(None, {"pixel_values": x}), b)[1], seconds)
-        out[f"batch{batch}"] = {"images_per_s": images_per_s, "ms_per_batch": per_call * 1000}
-    return out
+    return {f"batch{batch}": session_rate(session, spec, batch, seconds) for batch in (1, 8, 32)}
 
 
 def decode_cost(spec: ModelSpec, images: list[bytes], seconds: float) -> float:

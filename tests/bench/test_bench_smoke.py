@@ -22,14 +22,15 @@ def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path) 
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results-smoke.json").read_text())
     assert results["cold_start_clip_s"] > 0
-    assert results["rss_both_loaded_mb"] > 0
+    assert results["rss_both_loaded_mb"] > 0 and results["rss_at_rest_mb"] > 0
     assert [m["model"] for m in results["models"]] == ["tiny-clip", "tiny-dinov2"]
     for model in results["models"]:
         assert model["pytorch"]["one_at_a_time_images_per_s"] > 0
         assert set(model["ceiling_default"]) == {"batch1", "batch8", "batch32"}
+        assert model["paired_c16"] and all(v > 0 for r in model["paired_c16"] for v in r.values())
         for run in model["service"]:
             assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
     report = (out / "RESULTS-smoke.md").read_text()
     for needle in ("service_c16_over_ceiling_b8", "service_c16_over_pytorch_single", "p50_c1_over_b1_plus_decode",
-                   "Cold start to SERVING", "Resident memory"):  # fmt: skip
+                   "measured in alternation", "Cold start to SERVING", "Resident memory", "at rest"):  # fmt: skip
         assert needle in report
