@@ -25,7 +25,7 @@ from .report import render
 from .service import ServerProcess, run_load
 
 LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request), on 640x480 frames
-PAIRED_ROUNDS = 3  # the service-over-ceiling ratio: ceiling and service alternate this many times
+PAIRED_ROUNDS = 6  # the service-over-ceiling ratio: ceiling and service alternate this many times
 
 
 def parse_args() -> argparse.Namespace:
@@ -79,20 +79,31 @@ def paired_rounds(server: ServerProcess, name: str, onnx_path: Path, spec: Model
                   seconds: float, rounds: int) -> list[dict[str, float]]:  # fmt: skip
     """The ceiling (ORT batch 8, default settings) and the service at concurrency 16, measured in
     alternating order, `rounds` times. The machine's speed drifts by several percent over minutes,
-    so a ratio of two measurements taken minutes apart carries that drift; alternating them keeps
-    both sides under the same conditions."""
+    so a ratio of two measurements taken minutes apart carries that drift; alternating them in
+    short pieces keeps both sides under the same conditions."""
     session = measure.default_session(onnx_path)
     out = []
     for r in range(rounds):
         row: dict[str, float] = {}
         for side in ("ceiling", "service") if r % 2 == 0 else ("service", "ceiling"):
             if side == "ceiling":
-                row["ceiling_b8_images_per_s"] = measure.session_rate(session, spec, 8, seconds)["images_per_s"]
+                row["ceiling_b8_images_per_s"] = measure.session_rate(session, spec, 8, seconds / 2)["images_per_s"]
             else:
-                load = run_load(server.address, name, frames, 16, 1, seconds * 1.5, warmup=min(2.0, seconds / 2))
+                load = run_load(server.address, name, frames, 16, 1, seconds * 0.75, warmup=min(1.0, seconds / 4))
                 row["service_c16_images_per_s"] = float(load["images_per_s"])  # type: ignore[arg-type]
         out.append(row)
     return out
+
+
+def bench_int8_service(models_dir: Path, name: str, frames: Path, scratch: Path, seconds: float) -> list[dict[str, object]]:
+    """The int8 variant served alone (its own server, so the fp32 pair's memory figure stays theirs)."""
+    scratch.mkdir()
+    (scratch / name).symlink_to((models_dir / name).resolve())
+    server = ServerProcess(scratch)
+    try:
+        return [run_load(server.address, name, frames, c, 1, seconds * 1.5, warmup=min(2.0, seconds / 2)) for c in (1, 16)]
+    finally:
+        server.stop()
 
 
 def main() -> int:
@@ -129,6 +140,10 @@ def main() -> int:
             results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
         finally:
             server.stop()
+        for model in results["models"]:  # type: ignore[attr-defined]
+            if "int8" in model:
+                model["int8"]["service"] = bench_int8_service(args.models_dir, f"{model['model']}-int8", dirs["frames"],
+                                                              scratch / "int8", seconds)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if args.smoke else ""
     (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

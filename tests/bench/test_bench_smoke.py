@@ -10,11 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ExportCli
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path) -> None:
+def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path, export_model: ExportCli) -> None:
+    int8 = models_root / "tiny-clip-int8"
+    exported = export_model("clip", "tiny-clip", int8, "--random-init", "--quantize", "int8", "--no-huge")
+    assert exported.returncode == 0, exported.stderr[-3000:]
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "bench", "--smoke", "--models-dir", str(models_root),
                "--clip", "tiny-clip", "--dinov2", "tiny-dinov2", "--out", str(out)]  # fmt: skip
@@ -28,9 +33,11 @@ def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path) 
         assert model["pytorch"]["one_at_a_time_images_per_s"] > 0
         assert set(model["ceiling_default"]) == {"batch1", "batch8", "batch32"}
         assert model["paired_c16"] and all(v > 0 for r in model["paired_c16"] for v in r.values())
-        for run in model["service"]:
+        int8_runs = model.get("int8", {}).get("service", [])
+        assert [r["concurrency"] for r in int8_runs] == ([1, 16] if model["model"] == "tiny-clip" else [])
+        for run in model["service"] + int8_runs:
             assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
     report = (out / "RESULTS-smoke.md").read_text()
     for needle in ("service_c16_over_ceiling_b8", "service_c16_over_pytorch_single", "p50_c1_over_b1_plus_decode",
-                   "measured in alternation", "Cold start to SERVING", "Resident memory", "at rest"):  # fmt: skip
+                   "measured in alternation", "int8 variant served alone", "int8_service_c16_over_pytorch_single", "Cold start to SERVING", "Resident memory", "at rest"):  # fmt: skip
         assert needle in report
