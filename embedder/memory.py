@@ -15,10 +15,12 @@ mmap threshold are unmapped, the top of a heap is trimmed past its trim threshol
 thread's heap that empties is unmapped. Each run then faults its activations in again. Measured
 in the server (CLIP B/32, 16 callers, fresh servers alternating): 816-1345 page faults per image
 with glibc's defaults, 2-95 with `MALLOC_TUNABLES` below; kernel CPU 2.6-4.7 -> 0.8-0.9 ms per
-image; images/s higher in 11 of 13 pairs (median +3.2%); resident memory 55-70 MB higher
-during the load and the same at rest (the idle trim returns it). glibc reads these only at
-process start, and `mallopt` once Python runs did not remove the faults (983-1071 per image), so
-`embedder serve` restarts itself once with them in `GLIBC_TUNABLES` (`restart_with_malloc_tunables`).
+image; images/s higher in 11 of 13 pairs (median +3.2%). But every thread's heap then keeps what
+it held: after the bench's mixed loads (both models, 2 x 8 images, 12 MP photos) the peak was
+1054 MB against 736 MB, over the memory budget. So the tunables are opt-in
+(EMBEDDER_MALLOC_TUNABLES=1), for hosts with memory to spare. glibc reads them only at process
+start, and `mallopt` once Python runs did not remove the faults (983-1071 per image), so
+`embedder serve` then restarts itself once with them in `GLIBC_TUNABLES` (`restart_with_malloc_tunables`).
 """
 
 from __future__ import annotations
@@ -96,15 +98,15 @@ MALLOC_TUNABLES = (
     ("glibc.malloc.trim_threshold", 1 << 30),
     ("glibc.malloc.top_pad", 64 << 20),
 )
-OPT_OUT = "EMBEDDER_MALLOC_TUNABLES"  # "0": run with glibc's own settings
+OPT_IN = "EMBEDDER_MALLOC_TUNABLES"  # "1": restart with MALLOC_TUNABLES
 
 
 def malloc_tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
-    """The environment to restart the server in, or None when there is nothing to do: not glibc,
-    turned off with EMBEDDER_MALLOC_TUNABLES=0, or malloc tunables already set (by this restart
+    """The environment to restart the server in, or None when there is nothing to do: not asked
+    for (EMBEDDER_MALLOC_TUNABLES=1), not glibc, or malloc tunables already set (by this restart
     or by the operator, whose settings are kept)."""
     current = environ.get("GLIBC_TUNABLES", "")
-    if _TRIM is None or environ.get(OPT_OUT, "1") == "0" or "glibc.malloc." in current:
+    if _TRIM is None or environ.get(OPT_IN) != "1" or "glibc.malloc." in current:
         return None
     ours = ":".join(f"{name}={value}" for name, value in MALLOC_TUNABLES)
     return {**environ, "GLIBC_TUNABLES": f"{current}:{ours}" if current else ours}

@@ -21,6 +21,7 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     # No arena and no memory pattern: activations are freed after each run instead of being kept at
     # the high-water mark of the largest batch seen, per model. Measured here: the same
     # throughput, and about 120 MB less resident with CLIP and DINOv2 loaded after batch-16 runs.
+    # glibc hands some of that memory back between runs, to fault in again (memory.py: opt-in tunables).
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
     # Spinning burns a core while idle; with batching the next run is rarely microseconds away.

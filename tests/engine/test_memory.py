@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from embedder.memory import MALLOC_TUNABLES, OPT_OUT, IdleTrimmer, malloc_tuned_environment
+from embedder.memory import MALLOC_TUNABLES, OPT_IN, IdleTrimmer, malloc_tuned_environment
 
 # ~190 MB in 64 KiB blocks (below glibc's mmap threshold, so they live in the heap), all freed but
 # the last, which pins the heap's top: glibc's own top trimming cannot return the freed space.
@@ -72,7 +72,7 @@ print(*out[1:])
 
 
 def test_with_the_tunables_runs_reuse_their_memory_instead_of_faulting_it_in_again() -> None:
-    environ = malloc_tuned_environment({k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"})
+    environ = malloc_tuned_environment({**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, OPT_IN: "1"})
     assert environ is not None
     out = subprocess.run([sys.executable, "-c", RUNS], env=environ, check=True, capture_output=True, text=True)
     faults = [int(f) for f in out.stdout.split()]
@@ -80,18 +80,19 @@ def test_with_the_tunables_runs_reuse_their_memory_instead_of_faulting_it_in_aga
     assert max(faults) < 64  # 16 x 4 MB touched anew would be 16 384 faults
 
 
-def test_tunables_are_added_once_and_never_override_the_operators() -> None:
+def test_tunables_are_opt_in_added_once_and_never_override_the_operators() -> None:
     ours = ":".join(f"{name}={value}" for name, value in MALLOC_TUNABLES)
-    assert malloc_tuned_environment({"PATH": "/bin"}) == {"PATH": "/bin", "GLIBC_TUNABLES": ours}
-    other = {"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}
-    assert malloc_tuned_environment(other) == {"GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-AVX512F:{ours}"}
-    assert malloc_tuned_environment({"GLIBC_TUNABLES": ours}) is None  # after the restart
-    assert malloc_tuned_environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) is None  # the operator's
-    assert malloc_tuned_environment({OPT_OUT: "0"}) is None
+    assert malloc_tuned_environment({"PATH": "/bin"}) is None  # off unless asked for
+    assert malloc_tuned_environment({OPT_IN: "0"}) is None
+    assert malloc_tuned_environment({OPT_IN: "1"}) == {OPT_IN: "1", "GLIBC_TUNABLES": ours}
+    other = {OPT_IN: "1", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}
+    assert malloc_tuned_environment(other) == {OPT_IN: "1", "GLIBC_TUNABLES": f"glibc.cpu.hwcaps=-AVX512F:{ours}"}
+    assert malloc_tuned_environment({OPT_IN: "1", "GLIBC_TUNABLES": ours}) is None  # after the restart
+    assert malloc_tuned_environment({OPT_IN: "1", "GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}) is None
 
 
-def test_embedder_serve_runs_with_the_tunables_under_its_own_pid(tmp_path: Path) -> None:
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", OPT_OUT)}
+def test_embedder_serve_asked_for_the_tunables_restarts_with_them_under_its_own_pid(tmp_path: Path) -> None:
+    environ = {**{k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}, OPT_IN: "1"}
     command = [sys.executable, "-m", "embedder", "serve", "--address", "127.0.0.1:0", "--models-dir", str(tmp_path)]
     process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
