@@ -3,6 +3,7 @@ current (no drift from `export.committed`) and what a real export of its hub id 
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,18 @@ from export.committed import DEFAULT_MODELS, committed_spec
 from export.families import FAMILIES
 
 REPO_ROOT = Path(__file__).parents[2]
-COMMITTED = sorted(path.parent.name for path in (REPO_ROOT / "models").glob("*/model.json"))
+
+
+def committed_models() -> list[str]:
+    """Models whose model.json git tracks; `make bench` and `make models` leave other exports
+    (the int8 variant) beside them, ignored by git."""
+    listed = subprocess.run(["git", "ls-files", "models/*/model.json"], cwd=REPO_ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:  # not a git checkout: every model.json there is the committed one
+        return sorted(path.parent.name for path in (REPO_ROOT / "models").glob("*/model.json"))
+    return sorted(Path(line).parent.name for line in listed.stdout.split())
+
+
+COMMITTED = committed_models()
 EXPORT_ONLY_FIELDS = ("onnx_sha256", "provenance", "parity")  # written by `python -m export`, not committed
 # Committed model -> the fixture holding a full-size random-init export of its hub id.
 EXPORT_FIXTURES = {
