@@ -1,10 +1,11 @@
 """Handing freed heap memory back to the OS (glibc's `malloc_trim`), after loads and after bursts.
 
-ONNX Runtime's arena is off (runtime.py), so each run's activations are malloc'd and freed, and
-glibc keeps freed blocks resident for reuse; loading a model also frees a transient copy of its
-graph. Measured on a server with CLIP B/32 and DINOv2-small, four fresh starts: resident memory
-after the preload was 542-674 MB, and 521 MB after one `malloc_trim(0)` every time; after loads of
-16 callers on both models 677-793 MB, and 538-559 MB after a trim.
+Loading a model frees a transient copy of its graph, and decoding frees its images; glibc keeps
+freed blocks resident for reuse. Measured on a server with CLIP B/32 and DINOv2-small (then with
+ONNX Runtime's activations malloc'd per run; they now live in a shared arena, runtime.py), four
+fresh starts: resident memory after the preload was 542-674 MB, and 521 MB after one
+`malloc_trim(0)` every time; after loads of 16 callers on both models 677-793 MB, and 538-559 MB
+after a trim.
 
 A trim returns pages, so the next run faults its activations in again: it is done once a burst
 is over (no batch for `quiet_s`), never between the batches of a steady load. Elsewhere than
