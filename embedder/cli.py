@@ -149,10 +149,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve" and argv is None:  # the real command line, not a call from Python
-        from .memory import restart_with_malloc_tunables
-
-        restart_with_malloc_tunables()
     try:
         return int(args.func(args))
     except grpc.RpcError as exc:

@@ -7,21 +7,10 @@ fresh starts: resident memory after the preload was 542-674 MB, and 521 MB after
 `malloc_trim(0)` every time; after loads of 16 callers on both models 677-793 MB, and 538-559 MB
 after a trim.
 
-A trim returns pages, so the next run faults its activations in again: it is done once a burst
-is over (no batch for `quiet_s`), never between the batches of a steady load. Elsewhere than
+A trim returns pages, which the next decodes fault in again: it is done once a burst is over (no
+batch for `quiet_s`), never between the batches of a steady load. ONNX Runtime's arena is not
+trimmed: glibc sees its free chunks as in use. Elsewhere than
 glibc (musl, macOS) it does nothing.
-
-Between the runs of a steady load glibc itself hands memory back: freed blocks above its dynamic
-mmap threshold are unmapped, the top of a heap is trimmed past its trim threshold, and a
-thread's heap that empties is unmapped. Each run then faults its activations in again. Measured
-in the server (CLIP B/32, 16 callers, fresh servers alternating): 816-1345 page faults per image
-with glibc's defaults, 2-95 with `MALLOC_TUNABLES` below; kernel CPU 2.6-4.7 -> 0.8-0.9 ms per
-image; images/s higher in 11 of 13 pairs (median +3.2%). But every thread's heap then keeps what
-it held: after the bench's mixed loads (both models, 2 x 8 images, 12 MP photos) the peak was
-1054 MB against 736 MB, over the memory budget. So the tunables are opt-in
-(EMBEDDER_MALLOC_TUNABLES=1), for hosts with memory to spare. glibc reads them only at process
-start, and `mallopt` once Python runs did not remove the faults (983-1071 per image), so
-`embedder serve` then restarts itself once with them in `GLIBC_TUNABLES` (`restart_with_malloc_tunables`).
 """
 
 from __future__ import annotations
@@ -29,11 +18,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import os
-import sys
 import threading
 import time
-from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -90,34 +76,3 @@ class IdleTrimmer:
     def close(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-# Blocks up to 32 MB come from the heap and stay there between runs; heaps are neither trimmed
-# nor unmapped when they empty (a 64 MB pad). The idle trim still returns the memory at rest.
-MALLOC_TUNABLES = (
-    ("glibc.malloc.mmap_threshold", 32 << 20),
-    ("glibc.malloc.trim_threshold", 1 << 30),
-    ("glibc.malloc.top_pad", 64 << 20),
-)
-OPT_IN = "EMBEDDER_MALLOC_TUNABLES"  # "1": restart with MALLOC_TUNABLES
-
-
-def malloc_tuned_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
-    """The environment to restart the server in, or None when there is nothing to do: not asked
-    for (EMBEDDER_MALLOC_TUNABLES=1), not glibc, or malloc tunables already set (by this restart
-    or by the operator, whose settings are kept)."""
-    current = environ.get("GLIBC_TUNABLES", "")
-    if _TRIM is None or environ.get(OPT_IN) != "1" or "glibc.malloc." in current:
-        return None
-    ours = ":".join(f"{name}={value}" for name, value in MALLOC_TUNABLES)
-    return {**environ, "GLIBC_TUNABLES": f"{current}:{ours}" if current else ours}
-
-
-def restart_with_malloc_tunables() -> None:
-    """Replace this process (same pid, same command line) by one with `MALLOC_TUNABLES` set;
-    returns only when there is nothing to do."""
-    environ = malloc_tuned_environment(os.environ)
-    if environ is not None:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execve(sys.executable, sys.orig_argv, environ)
