@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -55,13 +56,23 @@ def test_a_run_waits_for_decodes_already_started_and_new_ones_wait_for_it() -> N
     assert timeline.spans["late decode"][0] >= timeline.spans["run"][1]
 
 
-def test_decodes_share_the_cores_and_so_do_two_models_runs() -> None:
+def test_decodes_share_the_cores() -> None:
     turns, timeline = CpuTurns(), Timeline()
     threads = [timeline.hold(turns.decode, "decode a", 0.2), timeline.hold(turns.decode, "decode b", 0.2)]
     for thread in threads:
         thread.join(5)
-    threads = [timeline.hold(turns.run, "run a", 0.2), timeline.hold(turns.run, "run b", 0.2)]
+    assert timeline.overlap("decode a", "decode b")
+
+
+def test_runs_take_turns_in_the_order_they_asked() -> None:
+    turns, timeline = CpuTurns(), Timeline()
+    threads = [timeline.hold(turns.run, "run a", 0.2)]
+    for name in ("run b", "run c", "run d"):  # they ask while "run a" is in progress, in this order
+        time.sleep(0.03)
+        threads.append(timeline.hold(turns.run, name, 0.05))
     for thread in threads:
         thread.join(5)
-    assert timeline.overlap("decode a", "decode b")
-    assert timeline.overlap("run a", "run b")
+    spans = sorted(timeline.spans.items(), key=lambda item: item[1][0])
+    assert [name for name, _ in spans] == ["run a", "run b", "run c", "run d"]
+    for (_, (_, end)), (_, (start, _)) in itertools.pairwise(spans):
+        assert start >= end
