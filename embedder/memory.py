@@ -9,8 +9,7 @@ after a trim.
 
 A trim returns pages, which the next decodes fault in again: it is done once a burst is over (no
 batch for `quiet_s`), never between the batches of a steady load. ONNX Runtime's arena is not
-trimmed: glibc sees its free chunks as in use. Elsewhere than
-glibc (musl, macOS) it does nothing.
+trimmed: glibc sees its free chunks as in use. Elsewhere than glibc (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations

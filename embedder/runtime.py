@@ -30,9 +30,9 @@ def register_shared_arena() -> None:
     One arena shared by all sessions keeps the largest working set once. After the same loads,
     side by side: 27-51 faults per image, the service at 0.911-0.921 (CLIP) and 0.917-0.940
     (DINOv2) of the ceiling in two runs; resident memory 746 and 728 MB right after the 12 MP
-    photos against 942 MB, and 649-666 MB after the loads against 620-665 MB. glibc's malloc
-    tunables (memory.py: heaps kept untrimmed) gained nothing on top of it: +0.2% and +0.7%, for
-    80 MB more. The arena extends by what is asked: by powers of two it kept 120 MB more in one
+    photos against 942 MB, and 649-666 MB after the loads against 620-665 MB. glibc malloc
+    tunables that keep heaps untrimmed (an opt-in of an earlier version) gained nothing on top of
+    it: +0.2% and +0.7%, for 80 MB more. The arena extends by what is asked: by powers of two it kept 120 MB more in one
     comparison. Model weights are not in it, so evicting a model still frees them; what it keeps
     at rest is the largest batch's activations, about 65 MB for CLIP B/32 and DINOv2-small at batch 8.
     """
@@ -59,7 +59,9 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.add_session_config_entry("session.use_env_allocators", "1")
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
-    # Spinning burns a core while idle; with batching the next run is rarely microseconds away.
+    # Spinning burns a core while idle. Spinning only during runs (session.force_spinning_stop)
+    # measured +1.5-2.4% with one model busy, but one session's spinning threads then took the
+    # cores from the other's under a load on two models at once (README, Benchmarks).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
