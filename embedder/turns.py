@@ -28,14 +28,15 @@ class CpuTurns:
         self._cond = threading.Condition()
         self._decoding = 0
         self._running = False
-        self._runs_waiting = 0
-        self._tickets = 0  # runs get their turn in the order they asked for it
+        # Runs get their turn in the order they asked for it; the tickets handed out and not yet
+        # started are the runs waiting.
+        self._tickets = 0
         self._next_ticket = 0
 
     @contextmanager
     def decode(self) -> Iterator[None]:
         with self._cond:
-            while self._running or self._runs_waiting:
+            while self._running or self._tickets != self._next_ticket:
                 self._cond.wait()
             self._decoding += 1
         try:
@@ -50,10 +51,8 @@ class CpuTurns:
         with self._cond:
             ticket = self._tickets
             self._tickets += 1
-            self._runs_waiting += 1
             while self._decoding or self._running or ticket != self._next_ticket:
                 self._cond.wait()
-            self._runs_waiting -= 1
             self._next_ticket = ticket + 1
             self._running = True
         try:
