@@ -31,10 +31,11 @@ def register_shared_arena() -> None:
     side by side: 27-51 faults per image, the service at 0.911-0.921 (CLIP) and 0.917-0.940
     (DINOv2) of the ceiling in two runs; resident memory 746 and 728 MB right after the 12 MP
     photos against 942 MB, and 649-666 MB after the loads against 620-665 MB. glibc malloc
-    tunables that keep heaps untrimmed (an opt-in of an earlier version) gained nothing on top of
-    it: +0.2% and +0.7%, for 80 MB more. The arena extends by what is asked: by powers of two it kept 120 MB more in one
-    comparison. Model weights are not in it, so evicting a model still frees them; what it keeps
-    at rest is the largest batch's activations, about 65 MB for CLIP B/32 and DINOv2-small at batch 8.
+    tunables that keep heaps untrimmed (an opt-in of an earlier version) gained +0.2% and +0.7%
+    on top of it, for 80 MB more. The arena extends by what is asked: by powers of two it kept
+    120 MB more in one comparison. Model weights are not in it, so evicting a model still frees
+    them; what it keeps at rest is the largest batch's activations, about 65 MB for CLIP B/32 and
+    DINOv2-small at batch 8.
     """
     global _shared_arena_registered
     with _shared_arena_lock:
