@@ -127,7 +127,7 @@ class SessionCache:
             self.loads[entry.name] += 1
         self._set(entry.name, _Status(ModelState.SERVING, load_seconds=seconds))
         log.info(
-            "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning off, sha256 %s)",
+            "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s)",
             entry.name, seconds, entry.spec.weights_kind.upper(), self.intra_op_threads, entry.spec.onnx_sha256[:12],
         )  # fmt: skip
         if entry.spec.weights_kind == "random-init":
