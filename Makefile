@@ -8,7 +8,7 @@ MODELS_DIR ?= models
 DEFAULT_MODELS := clip-vit-base-patch32=openai/clip-vit-base-patch32=clip dinov2-small=facebook/dinov2-small=dinov2
 PROTO_GEN = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) proto/embedder/v1/embedder.proto
 
-.PHONY: run test venv proto proto-check models lint bench clean
+.PHONY: run test venv proto proto-check models lint bench fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -58,6 +58,12 @@ lint: venv
 
 bench: models
 	$(BIN)/python -m bench --models-dir $(MODELS_DIR)
+
+# A random atheris campaign over the decode path (not part of `make test`): FUZZ_S seconds.
+# Findings land in tests/hardening/fuzz_findings/, which `make test` replays.
+FUZZ_S ?= 600
+fuzz: venv
+	$(BIN)/python tools/fuzz.py --seconds $(FUZZ_S)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

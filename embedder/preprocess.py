@@ -19,6 +19,7 @@ checks those images against HF told `input_data_format="channels_last"`.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from PIL import Image
 
 from .errors import InvalidImage
 from .spec import RESAMPLE_CODES, Preprocessing
+
+log = logging.getLogger(__name__)
 
 # Formats Pillow may try; anything else (PDF, SVG, ICO, PSD, ...) is refused before any parsing.
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
@@ -54,17 +57,32 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
             _check_size(image, limits)
             image.load()
             return image if image.mode == "RGB" else image.convert("RGB")
-    except InvalidImage:
-        raise
     except Image.UnidentifiedImageError:
         raise InvalidImage(
             f"not a supported image (allowed formats: {', '.join(limits.formats)})", kind="format"
         ) from None
-    except Image.DecompressionBombError as exc:
-        raise InvalidImage(f"decompression bomb refused: {exc}", kind="too_large") from None
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        kind = "truncated" if "truncated" in str(exc) else "undecodable"
-        raise InvalidImage(f"cannot decode {image_format(data)}: {exc}", kind=kind) from None
+    except Exception as exc:  # noqa: BLE001 - any Exception: see _refusal()
+        raise _refusal(exc, f"cannot decode {image_format(data)}") from None
+
+
+def _refusal(exc: Exception, what: str) -> InvalidImage:
+    """What Pillow (or numpy after it) raised on a client's image, as the image's fault.
+
+    Any `Exception` counts, not a hand-kept list of types: a crafted TIFF once raised a TypeError
+    from deep inside Pillow. Callers catch `Exception` only, so KeyboardInterrupt and SystemExit
+    pass through. The traceback goes to the log at DEBUG: it is about the input, not the server.
+    """
+    if isinstance(exc, InvalidImage):
+        return exc
+    if isinstance(exc, Image.DecompressionBombError):
+        return InvalidImage(f"decompression bomb refused: {exc}", kind="too_large")
+    log.debug("%s", what, exc_info=exc)
+    kind = "truncated" if "truncated" in str(exc) else "undecodable"
+    return InvalidImage(f"{what}: {type(exc).__name__}: {_clipped(str(exc))}", kind=kind)
+
+
+def _clipped(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def image_format(data: bytes) -> str:
@@ -160,10 +178,13 @@ class Preprocessor:
         return pixels
 
     def __call__(self, image: Image.Image) -> np.ndarray:
-        pixels = self.pixels(image)
-        out = np.empty((3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
-        for channel in range(3):
-            np.take(self.table[channel], pixels[:, :, channel], out=out[channel])
+        try:
+            pixels = self.pixels(image)
+            out = np.empty((3, pixels.shape[0], pixels.shape[1]), dtype=np.float32)
+            for channel in range(3):
+                np.take(self.table[channel], pixels[:, :, channel], out=out[channel])
+        except Exception as exc:  # noqa: BLE001 - any Exception: see _refusal()
+            raise _refusal(exc, "cannot preprocess") from None
         return out
 
     def from_bytes(self, data: bytes) -> np.ndarray:

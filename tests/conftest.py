@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO_ROOT = Path(__file__).parents[1]
 TINY_SEED = 7  # not the CLI default (0), so a test can tell the seed really travelled
@@ -30,6 +31,11 @@ CHECKPOINT_SEED = 11
 EXPORT_TIMEOUT_S = 900
 
 ExportCli = Callable[..., "subprocess.CompletedProcess[str]"]
+
+# Every hypothesis test draws the same examples on every run (a commit's verdict never changes),
+# and nothing is written into the repository (.hypothesis/).
+settings.register_profile("embedder", derandomize=True, database=None)
+settings.load_profile("embedder")
 
 
 def _cli_env() -> dict[str, str]:

@@ -5,9 +5,14 @@ float32 [3, H, W] tensor of the model's input size, or raise `InvalidImage`. Any
 (struct.error, IndexError, ZeroDivisionError, a Pillow error nobody translated...) would reach a
 client as INTERNAL, so it is a bug.
 
-Run by test_fuzz.py as a bounded subprocess; by hand, for longer:
+Run by test_fuzz.py as a bounded subprocess with a fixed seed, and by `make fuzz`
+(tools/fuzz.py) as a timed campaign. To replay one input (a finding, a crash artifact):
 
-    python -m tests.hardening.fuzz_target SEED_DIR -atheris_runs=200000 -artifact_prefix=/tmp/
+    .venv/bin/python -m tests.hardening.fuzz_target tests/hardening/fuzz_findings/FILE
+
+With FUZZ_RECORD_DIR set (the campaign), an input that breaks the invariant is written there,
+once per distinct failure (exception type and the innermost frame), and fuzzing goes on;
+without it, the first such input stops the run as a libFuzzer crash.
 
 Imports of Pillow and `embedder` happen inside `main`, under `atheris.instrument_imports`, so
 libFuzzer gets coverage feedback from Pillow's Python plugins and from the decode path.
@@ -15,8 +20,17 @@ libFuzzer gets coverage feedback from Pillow's Python plugins and from the decod
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import importlib
+import os
+import subprocess
 import sys
+import sysconfig
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +40,11 @@ if TYPE_CHECKING:
 FUZZ_MAX_PIXELS = 4_000_000
 FUZZ_MAX_RESIZED_PIXELS = 1_000_000
 FUZZ_SIDE = 32
+SLOW_S = 5.0  # one input of at most a few KB decoding this long is a finding (a CPU sink)
+REPO = Path(__file__).parents[2]  # not resolved: see fuzz_command
+FINDINGS = REPO / "tests" / "hardening" / "fuzz_findings"
+ADDR_NO_RANDOMIZE = 0x0040000  # linux/personality.h
+INDEX = "README.md"
 
 
 def fuzz_preprocessor() -> Preprocessor:
@@ -92,6 +111,84 @@ def check_decode(data: bytes, preprocessor: Preprocessor) -> bool:
     return True
 
 
+def findings() -> dict[str, bytes]:
+    """The committed regression corpus: every input a fuzzer has found, by file name."""
+    return {p.name: p.read_bytes() for p in sorted(FINDINGS.iterdir()) if p.is_file() and p.name != INDEX}
+
+
+def signature(exc: BaseException) -> str:
+    """What makes two failures the same bug: the exception type and where it was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+    return f"{type(exc).__name__} at {where}"
+
+
+class Recorder:
+    """Campaign mode: writes each distinct failing input into `folder` and lets fuzzing go on."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.seen: set[str] = set()
+
+    def record(self, data: bytes, what: str, detail: str = "") -> None:
+        key = hashlib.sha256(what.encode()).hexdigest()[:12]
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        path = self.folder / f"finding-{key}.bin"
+        try:
+            with path.open("xb") as fh:  # another worker may have found it first
+                fh.write(data)
+        except FileExistsError:
+            return
+        text = f"{what}: {detail}".replace("|", "\\|").replace("\n", " ")
+        print(f"\nFUZZ FINDING {path.name}: {text}", file=sys.stderr, flush=True)
+        with (self.folder / INDEX).open("a", encoding="utf-8") as index:
+            index.write(f"| `{path.name}` | {text} | `make fuzz`, {time.strftime('%Y-%m-%d')} |\n")
+
+
+def fuzz_command(work: Path, *libfuzzer_args: str, record_dir: Path | None = None) -> Launch:
+    """How to start this target under libFuzzer so that a fixed `-seed` gives the same run
+    everywhere: the Python code is coverage feedback, and which inputs it keeps turned out to
+    depend on the process's memory layout, down to the length of path strings. So the child
+    runs without address randomisation, sees the checkout and the interpreter's prefix only
+    through fixed-length symlinks in `work` (no `.pth` files: `python -S`), starts in `work`,
+    and gets a minimal environment with a fixed PYTHONHASHSEED."""
+    repo, prefix = work / "r", work / "p"
+    for link, target in ((repo, REPO), (prefix, Path(sys.prefix))):
+        if not link.is_symlink():
+            link.symlink_to(target.absolute(), target_is_directory=True)
+    executable = Path(sys.executable)
+    if executable.is_relative_to(sys.prefix):
+        executable = prefix / executable.relative_to(sys.prefix)
+    site = {prefix / Path(sysconfig.get_path(key)).relative_to(sys.prefix) for key in ("purelib", "platlib")}
+    env = {"PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(map(str, (repo, *sorted(site)))),
+           "PATH": os.defpath, "LC_ALL": "C.UTF-8"}  # fmt: skip
+    if record_dir is not None:
+        env["FUZZ_RECORD_DIR"] = str(record_dir)
+    argv = [str(executable), "-S", "-m", "tests.hardening.fuzz_target", *libfuzzer_args]
+    return Launch(argv, env, work)
+
+
+@dataclass(frozen=True)
+class Launch:
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+
+    def run(self, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv, cwd=self.cwd, env=self.env, capture_output=True, text=True,
+                              timeout=timeout, check=False, preexec_fn=_no_address_randomisation)  # fmt: skip
+
+
+def _no_address_randomisation() -> None:
+    """In the child before exec, as `setarch -R` does: the same addresses on every run."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    current = libc.personality(0xFFFFFFFF)
+    if current == -1 or libc.personality(current | ADDR_NO_RANDOMIZE) == -1:
+        raise OSError(ctypes.get_errno(), "personality(ADDR_NO_RANDOMIZE) failed")
+
+
 def main() -> None:
     import atheris
 
@@ -100,10 +197,24 @@ def main() -> None:
         for plugin in ("Bmp", "Gif", "Jpeg", "Png", "Tiff", "WebP"):
             importlib.import_module(f"PIL.{plugin}ImagePlugin")
         importlib.import_module("embedder.preprocess")
+    from embedder.preprocess import image_format
+
     preprocessor = fuzz_preprocessor()
+    record_dir = os.environ.get("FUZZ_RECORD_DIR")
+    recorder = Recorder(Path(record_dir)) if record_dir else None
 
     def one_input(data: bytes) -> None:
-        check_decode(data, preprocessor)
+        if recorder is None:
+            check_decode(data, preprocessor)
+            return
+        started = time.perf_counter()
+        try:
+            check_decode(data, preprocessor)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the campaign goes on
+            recorder.record(data, signature(exc), str(exc)[:160])
+        seconds = time.perf_counter() - started
+        if seconds > SLOW_S:
+            recorder.record(data, f"slow {image_format(data)}", f"{seconds:.1f} s")
 
     atheris.Setup(sys.argv, one_input)
     atheris.Fuzz()

@@ -1,24 +1,25 @@
 """Fuzzing the decode path (`decode` + `Preprocessor`) against its invariant (fuzz_target.py):
 a finite tensor of the right shape, or `InvalidImage`; any other exception is a bug.
 
-Two engines, both bounded:
+Two engines, both bounded and both deterministic, so a commit gets the same verdict every run:
 - atheris (coverage-guided libFuzzer over Pillow's Python plugins and our code), as a subprocess
-  with `-atheris_runs`, seeded with a valid file of every format variant; skipped where atheris
-  is not installed. `FUZZ_RUNS` sets the run count (default 20000, ~20 s).
-- hypothesis: raw bytes, and structured mutations of the same seeds (bit flips, truncations,
-  insertions, deletions, header integers forced to extremes). `FUZZ_EXAMPLES` sets the example
-  count per test (default 300).
+  with a fixed `-seed`, a fixed run count (`-atheris_runs`) and a fixed PYTHONHASHSEED, starting
+  from a valid file of every format variant and the regression corpus; skipped where atheris is
+  not installed.
+- hypothesis (derandomized by the suite's profile): raw bytes, and structured mutations of the
+  same seeds (bit flips, truncations, insertions, deletions, header integers forced to extremes).
 
-Nothing is written into the repository: the libFuzzer corpus and any crash artifact go to
-tmp_path, and hypothesis runs without its example database.
+Open-ended random campaigns are `make fuzz` (tools/fuzz.py); what they find goes into
+fuzz_findings/, replayed by test_fuzz_findings.py. Nothing is written into the repository here:
+the libFuzzer corpus and any crash artifact go to tmp_path.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
 import re
-import subprocess
-import sys
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,11 +29,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedder.preprocess import Preprocessor
-from tests.hardening.fuzz_target import check_decode, fuzz_preprocessor, seed_images
-from tests.hardening.process import REPO
+from tests.hardening.fuzz_target import check_decode, findings, fuzz_command, fuzz_preprocessor, seed_images
 
-FUZZ_RUNS = int(os.environ.get("FUZZ_RUNS", "20000"))
-FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
+FUZZ_RUNS = 20_000  # about 20 s
+FUZZ_SEED = 1
+FUZZ_EXAMPLES = 300
 SEEDS = seed_images()
 PREPROCESSOR: Preprocessor = fuzz_preprocessor()
 EXTREME_INTS = (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00", b"\x00\x01\x00\x00")
@@ -41,7 +42,6 @@ TALLY: Counter[str] = Counter()
 fuzz_settings = settings(
     max_examples=FUZZ_EXAMPLES,
     deadline=None,  # a loaded CI machine must not turn slowness into failures
-    database=None,  # no .hypothesis/ in the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -98,23 +98,30 @@ def test_hypothesis_mutated_images(data: bytes) -> None:
 
 def test_atheris_coverage_guided(tmp_path: Path) -> None:
     pytest.importorskip("atheris", reason="atheris not installed: the hypothesis fuzzers still ran")
-    corpus, artifacts = tmp_path / "corpus", tmp_path / "artifacts"
-    corpus.mkdir()
-    artifacts.mkdir()
-    for name, data in SEEDS.items():
-        (corpus / name).write_bytes(data)
-    argv = [sys.executable, "-m", "tests.hardening.fuzz_target", str(corpus), f"-atheris_runs={FUZZ_RUNS}",
-            f"-artifact_prefix={artifacts}/", "-max_len=16384", "-timeout=60", "-rss_limit_mb=4096",
-            "-print_final_stats=1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200, check=False)
-    output = process.stdout + process.stderr
-    crashes = sorted(p.name for p in artifacts.iterdir())
+    work = Path(tempfile.mkdtemp(prefix="embedder-fuzz-"))  # a fixed-length path: see fuzz_command
+    try:
+        corpus, artifacts = work / "corpus", work / "artifacts"
+        corpus.mkdir()
+        artifacts.mkdir()
+        for name, data in (SEEDS | findings()).items():
+            (corpus / name).write_bytes(data)
+        launch = fuzz_command(work, str(corpus), f"-atheris_runs={FUZZ_RUNS}", f"-seed={FUZZ_SEED}",
+                              f"-artifact_prefix={artifacts}/", "-max_len=16384", "-reload=0", "-timeout=60",
+                              "-rss_limit_mb=4096", "-print_final_stats=1")  # fmt: skip
+        process = launch.run(timeout=1200)
+        output = process.stdout + process.stderr
+        crashes = sorted(p.name for p in artifacts.iterdir())
+        kept = hashlib.sha256(b"".join(sorted(p.read_bytes() for p in corpus.iterdir()))).hexdigest()[:12]
+        grown = len(list(corpus.iterdir()))
+        for path in crashes:  # kept for whoever reads the failure
+            shutil.copy(artifacts / path, tmp_path / path)
+    finally:
+        shutil.rmtree(work)
     assert process.returncode == 0 and not crashes, (
-        f"atheris found a bug (exit {process.returncode}); reproduce with "
-        f"`python -m tests.hardening.fuzz_target {artifacts}/<artifact>`; artifacts {crashes}\n{output[-6000:]}"
+        f"atheris found a bug (exit {process.returncode}): add it to tests/hardening/fuzz_findings/ and fix it; "
+        f"the inputs are in {tmp_path}: {crashes}\n{output[-6000:]}"
     )
     done = re.search(r"Done (\d+) in (\d+) second", output)
     assert done is not None, output[-3000:]
-    TALLY[f"atheris runs ({done[2]} s, corpus grew to {len(list(corpus.iterdir()))} files)"] += int(done[1])
+    TALLY[f"atheris runs ({done[2]} s, corpus grew to {grown} files, sha256 {kept})"] += int(done[1])
     assert int(done[1]) >= FUZZ_RUNS
