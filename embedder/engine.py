@@ -9,6 +9,7 @@ post: L2-normalise if asked, mean-aggregate if asked
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,7 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .batcher import Batcher, BatchObserver
-from .errors import DeadlineExpired, EmbedderError, InvalidImage, InvalidRequest, LimitExceeded
+from .errors import (
+    DeadlineExpired,
+    EmbedderError,
+    InvalidImage,
+    InvalidRequest,
+    LimitExceeded,
+    ModelUnavailable,
+    RejectedImages,
+)
 from .memory import IdleTrimmer
 from .preprocess import DecodeLimits, Preprocessor, decode
 from .repository import ModelEntry, Repository
@@ -27,7 +36,7 @@ from .settings import Settings
 from .sources import ImageSource, SourceReader
 from .turns import CpuTurns
 
-MAX_ERRORS_LISTED = 5
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +82,7 @@ class Engine:
             if name not in self._batchers:
                 self._batchers[name] = Batcher(
                     name,
-                    lambda pixels: run(self.cache.get(name), pixels),
+                    lambda pixels: self._run(name, pixels),
                     max_batch=self.settings.max_batch_size if self.repository.entries[name].spec.batch_invariant else 1,
                     max_delay_s=self.settings.max_batch_delay_ms / 1000,
                     max_queue=self.settings.max_queue_images,
@@ -81,6 +90,22 @@ class Engine:
                     turns=self.turns,
                 )
             return self._batchers[name]
+
+    def _run(self, name: str, pixels: np.ndarray) -> np.ndarray:
+        """One batch through the model's graph, held to its contract: a graph that fails or gives
+        the wrong shape is the model's fault (UNAVAILABLE), not the request's or the server's."""
+        session = self.cache.get(name)
+        dim = self.repository.entries[name].spec.embedding_dim
+        try:
+            vectors = run(session, pixels)
+        except Exception as exc:
+            log.exception("model %s failed on a batch of %d", name, len(pixels))
+            raise ModelUnavailable(f"model {name!r} failed on a batch of {len(pixels)}: {type(exc).__name__}") from None
+        if vectors.shape != (len(pixels), dim):
+            raise ModelUnavailable(
+                f"model {name!r}: its graph gave {list(vectors.shape)} for a batch of {len(pixels)}, not [{len(pixels)}, {dim}]"
+            )
+        return vectors
 
     def _batch_done(self, model: str, size: int, seconds: float) -> None:
         self.trimmer.touch()
@@ -170,18 +195,13 @@ class Engine:
 
     @staticmethod
     def _combined(errors: list[BaseException]) -> BaseException:
-        """One error for the request: an internal failure outranks bad input; several bad images
-        are listed together under the first one's status."""
-        internal = [e for e in errors if not isinstance(e, EmbedderError)]
-        if internal:
-            return internal[0]
-        if len(errors) == 1:
-            return errors[0]
-        shown = "; ".join(str(e) for e in errors[:MAX_ERRORS_LISTED])
-        more = f" (and {len(errors) - MAX_ERRORS_LISTED} more)" if len(errors) > MAX_ERRORS_LISTED else ""
-        message = f"{len(errors)} images rejected: {shown}{more}"
-        first = errors[0]
-        return InvalidRequest(message) if isinstance(first, InvalidRequest) else type(first)(message)
+        """One error for the request: a server fault outranks the rest (a deadline, a shutdown),
+        and those outrank bad input; several bad images are refused together, each with its reason."""
+        others = [e for e in errors if not isinstance(e, InvalidRequest)]
+        if others:
+            return min(others, key=lambda e: isinstance(e, EmbedderError))
+        refused = [e for e in errors if isinstance(e, InvalidRequest)]
+        return refused[0] if len(refused) == 1 else RejectedImages(refused)
 
     @staticmethod
     async def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:

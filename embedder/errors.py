@@ -6,6 +6,13 @@ from __future__ import annotations
 import grpc
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """A client's string quoted for an error message: ASCII only and at most `limit` characters,
+    so the status message (sent as a header) stays small whatever the client sent."""
+    text = ascii(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(value)} characters)"
+
+
 class EmbedderError(Exception):
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
@@ -38,6 +45,24 @@ class InvalidImage(InvalidRequest):
 
 class LimitExceeded(InvalidRequest):
     """A request over a configured limit; the message names the limit and its value."""
+
+
+class RejectedImages(InvalidRequest):
+    """Several images of one request refused at once; each keeps its own reason and kind."""
+
+    MAX_LISTED = 5
+
+    def __init__(self, errors: list[InvalidRequest]) -> None:
+        self.errors = errors
+        shown = "; ".join(e.message for e in errors[: self.MAX_LISTED])
+        more = len(errors) - self.MAX_LISTED
+        super().__init__(f"{len(errors)} images rejected: {shown}" + (f" (and {more} more)" if more > 0 else ""))
+
+
+def image_kinds(error: EmbedderError | None) -> list[str]:
+    """The kind of every image an error refuses, for the decode-failure metric."""
+    errors = error.errors if isinstance(error, RejectedImages) else [error]
+    return [e.kind for e in errors if isinstance(e, InvalidImage)]
 
 
 class ModelNotFound(EmbedderError):

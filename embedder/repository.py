@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelNotFound
+from .errors import ModelNotFound, shown
 from .spec import SPEC_FILE, ModelSpec, SpecError, load_spec
 
 
@@ -66,4 +66,4 @@ class Repository:
             return self.entries[self._names[name_or_alias]]
         except KeyError:
             known = ", ".join(sorted(self.entries)) or "none"
-            raise ModelNotFound(f"unknown model {name_or_alias!r}; models: {known}") from None
+            raise ModelNotFound(f"unknown model {shown(name_or_alias)}; models: {known}") from None

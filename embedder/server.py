@@ -27,15 +27,12 @@ from .cpus import plan_threads
 from .engine import Engine
 from .errors import EmbedderError
 from .repository import Repository
-from .service import EmbedderService
+from .service import SERVICE_NAME, EmbedderService
 from .sessions import ModelState, SessionCache
 from .settings import Settings
 from .telemetry import Telemetry
-from .v1 import embedder_pb2 as pb
-from .v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 T = TypeVar("T")
@@ -118,7 +115,7 @@ class EmbedderServer:
             options=self._options(),
             maximum_concurrent_rpcs=self.settings.max_concurrent_rpcs or None,
         )
-        pb_grpc.add_EmbedderServicer_to_server(self.service, server)
+        self.service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server

@@ -8,19 +8,22 @@ a plain INTERNAL that leaks nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError, Message
 
 from .client import REQUEST_ID_KEY
 from .engine import EmbedOptions, EmbedResult, Engine
-from .errors import EmbedderError, InvalidImage
+from .errors import EmbedderError, InvalidRequest, image_kinds
 from .repository import ModelEntry
 from .sessions import ModelState
 from .sources import ImageSource
@@ -29,6 +32,7 @@ from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 _STATES = {
     ModelState.UNAVAILABLE: pb.MODEL_STATE_UNAVAILABLE,
@@ -38,6 +42,31 @@ _STATES = {
 }
 
 MAX_DEADLINE_S = 365 * 24 * 3600.0  # beyond a year, a deadline is "none"
+MAX_STATUS_MESSAGE = 2048
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """Bytes that do not parse as the method's request message, kept for the handler to refuse."""
+
+    message_type: str
+    reason: str
+
+    def refuse(self) -> InvalidRequest:
+        return InvalidRequest(f"malformed {self.message_type}: {self.reason}")
+
+
+def lenient(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
+    """A request deserializer that never raises: gRPC answers a deserializer's exception with
+    UNKNOWN before any handler runs, and bad bytes from a client are INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> Message | Malformed:
+        try:
+            return message.FromString(data)
+        except DecodeError as exc:
+            return Malformed(message.DESCRIPTOR.name, str(exc) or "cannot parse")
+
+    return parse
 
 
 def model_info(entry: ModelEntry) -> pb.ModelInfo:
@@ -70,6 +99,9 @@ def _sources(request: pb.EmbedRequest) -> list[ImageSource]:
 
 
 def _options(request: pb.EmbedRequest) -> EmbedOptions:
+    if request.aggregate not in pb.Aggregation.values():  # proto3 keeps unknown enum numbers
+        known = ", ".join(f"{name}={number}" for name, number in pb.Aggregation.items())
+        raise InvalidRequest(f"aggregate={request.aggregate} is not a known Aggregation ({known})")
     return EmbedOptions(
         normalize=request.normalize,
         aggregate_mean=request.aggregate == pb.AGGREGATION_MEAN,
@@ -78,6 +110,7 @@ def _options(request: pb.EmbedRequest) -> EmbedOptions:
     )
 
 
+@dataclass
 class Outcome:
     """The status a call ended with, for the access log and metrics."""
 
@@ -86,20 +119,35 @@ class Outcome:
 
 
 @asynccontextmanager
-async def translated_errors(context: grpc.aio.ServicerContext, request_id: str = "-") -> AsyncIterator[Outcome]:
+async def translated_errors(
+    context: grpc.aio.ServicerContext, request_id: str = "-", ended: Callable[[Outcome], None] | None = None
+) -> AsyncIterator[Outcome]:
+    """Errors become statuses. `ended(outcome)` runs before the answer goes out, so the metrics
+    and access log already hold a call by the time its caller has the answer."""
     outcome = Outcome()
+    end = ended or (lambda outcome: None)
     try:
         yield outcome
     except EmbedderError as exc:
         outcome.code, outcome.error = exc.code, exc
-        await context.abort(exc.code, exc.message)
+        end(outcome)
+        await context.abort(exc.code, _bounded(exc.message))
     except asyncio.CancelledError:
         outcome.code = ended_early(context)
+        end(outcome)
         raise
     except Exception:
         outcome.code = grpc.StatusCode.INTERNAL
         log.exception("internal error (request %s)", request_id, extra={"request_id": request_id})
+        end(outcome)
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
+    else:
+        end(outcome)
+
+
+def _bounded(message: str) -> str:
+    """The status message travels as a header, which clients refuse past 16 KiB: cut it short."""
+    return message if len(message) <= MAX_STATUS_MESSAGE else message[: MAX_STATUS_MESSAGE - 3] + "..."
 
 
 def ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
@@ -162,27 +210,44 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             return False
         return True
 
-    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    def register(self, server: grpc.aio.Server) -> None:
+        """Adds the Embedder service, with requests parsed by `lenient` deserializers."""
+        handlers = {
+            "Embed": grpc.unary_unary_rpc_method_handler(
+                self.Embed, lenient(pb.EmbedRequest), pb.EmbedResponse.SerializeToString
+            ),
+            "ListModels": grpc.unary_unary_rpc_method_handler(
+                self.ListModels, lenient(pb.ListModelsRequest), pb.ListModelsResponse.SerializeToString
+            ),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+    async def Embed(self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
         rid = request_id(context)
-        try:
-            with self._tracked():
-                async with translated_errors(context, rid) as outcome:
-                    deadline = call_deadline(context)
-                    result = await self.engine.embed(request.model, _sources(request), _options(request), deadline)
-                    return self._response(result)
-        finally:
+
+        def ended(outcome: Outcome) -> None:
             self._record(request, outcome, time.perf_counter() - started, rid)
+
+        with self._tracked():
+            async with translated_errors(context, rid, ended):
+                if isinstance(request, Malformed):
+                    raise request.refuse()
+                deadline = call_deadline(context)
+                result = await self.engine.embed(request.model, _sources(request), _options(request), deadline)
+                return self._response(result)
         raise AssertionError("unreachable: abort raises")
 
-    def _record(self, request: pb.EmbedRequest, outcome: Outcome, seconds: float, rid: str) -> None:
-        if isinstance(outcome.error, InvalidImage):
-            self.telemetry.decode_failed(outcome.error.kind)
-        try:
-            model = self.engine.repository.resolve(request.model).name
-        except EmbedderError:
-            model = "unknown"  # never a caller-chosen label: that would let clients grow the metric set
-        self.telemetry.request_done(model, len(request.images), outcome.code.name, seconds, rid)
+    def _record(self, request: pb.EmbedRequest | Malformed, outcome: Outcome, seconds: float, rid: str) -> None:
+        for kind in image_kinds(outcome.error):
+            self.telemetry.decode_failed(kind)
+        model, images = "unknown", 0  # never a caller-chosen label: that would let clients grow the metric set
+        if not isinstance(request, Malformed):
+            images = len(request.images)
+            with contextlib.suppress(EmbedderError):
+                model = self.engine.repository.resolve(request.model).name
+        self.telemetry.request_done(model, images, outcome.code.name, seconds, rid)
 
     def _response(self, result: EmbedResult) -> pb.EmbedResponse:
         response = pb.EmbedResponse(
@@ -192,9 +257,13 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             response.aggregate.CopyFrom(_embedding(result.aggregate))
         return response
 
-    async def ListModels(self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext) -> pb.ListModelsResponse:
+    async def ListModels(
+        self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
         with self._tracked():
             async with translated_errors(context):
+                if isinstance(request, Malformed):
+                    raise request.refuse()
                 return pb.ListModelsResponse(models=self._statuses())
         raise AssertionError("unreachable: abort raises")
 

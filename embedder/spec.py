@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 SCHEMA_VERSION = 1
 SPEC_FILE = "model.json"
 PARITY_FILE = "parity.json"
+MAX_SPEC_BYTES = 1 << 20  # a model.json is a few KB
 
 # Pillow's resampling filters by name; the integers are PIL.Image.Resampling values, which is
 # what HF processor configs store in `resample`.
@@ -173,9 +174,17 @@ class SpecError(ValueError):
 
 def load_spec(path: Path) -> ModelSpec:
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():  # a FIFO or /dev/zero behind a symlink would never finish reading
+            raise SpecError(f"{path}: not a regular file")
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: larger than {MAX_SPEC_BYTES} bytes; not a model.json")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise SpecError(f"{path}: cannot read: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text: {exc}") from None
     try:
         return ModelSpec.model_validate_json(text)
     except ValidationError as exc:
