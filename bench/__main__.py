@@ -39,8 +39,14 @@ def parse_args() -> argparse.Namespace:
 
 
 def machine() -> dict[str, object]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
     return {
         "cpu": cpu,
@@ -53,30 +59,59 @@ def machine() -> dict[str, object]:
     }
 
 
-def bench_model(repo: Repository, name: str, frames: list[bytes], dirs: dict[str, Path], server: ServerProcess,
-                seconds: float, scratch: Path) -> dict[str, object]:  # fmt: skip
+def bench_model(
+    repo: Repository,
+    name: str,
+    frames: list[bytes],
+    dirs: dict[str, Path],
+    server: ServerProcess,
+    seconds: float,
+    scratch: Path,
+) -> dict[str, object]:
     entry = repo.entries[name]
-    result: dict[str, object] = {"model": name, "weights": entry.spec.weights_kind, "dim": entry.spec.embedding_dim}
+    result: dict[str, object] = {
+        "model": name,
+        "weights": entry.spec.weights_kind,
+        "dim": entry.spec.embedding_dim,
+    }
     result["pytorch"] = measure.torch_pipeline(entry.spec, frames, seconds, scratch / name)
     result["ceiling_default"] = measure.ceiling(entry.onnx_path, entry.spec, seconds)
-    result["ceiling_served_settings"] = measure.ceiling(entry.onnx_path, entry.spec, seconds, default_settings=False)
+    result["ceiling_served_settings"] = measure.ceiling(
+        entry.onnx_path, entry.spec, seconds, default_settings=False
+    )
     result["decode_ms"] = measure.decode_cost(entry.spec, frames, seconds / 2)
     result["service"] = [
         run_load(server.address, name, dirs["frames"], c, k, seconds * 1.5, warmup=min(2.0, seconds / 2))
         for c, k in LOADS
     ]
     # Phone-photo-sized JPEGs: decoding and resizing 12 MP costs more than the model; shown apart.
-    result["service_large_photos"] = run_load(server.address, name, dirs["photos"], 4, 1, seconds * 1.5, warmup=2.0)
-    result["paired_c16"] = paired_rounds(server, name, entry.onnx_path, entry.spec, dirs["frames"], seconds,
-                                         PAIRED_ROUNDS if seconds >= 5 else 1)  # fmt: skip
+    result["service_large_photos"] = run_load(
+        server.address, name, dirs["photos"], 4, 1, seconds * 1.5, warmup=2.0
+    )
+    result["paired_c16"] = paired_rounds(
+        server,
+        name,
+        entry.onnx_path,
+        entry.spec,
+        dirs["frames"],
+        seconds,
+        PAIRED_ROUNDS if seconds >= 5 else 1,
+    )
     int8 = repo.entries.get(f"{name}-int8")
     if int8 is not None and int8.onnx_path.exists():
         result["int8"] = {"ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds)}
     return result
 
 
-def paired_rounds(server: ServerProcess, name: str, onnx_path: Path, spec: ModelSpec, frames: Path,
-                  seconds: float, rounds: int) -> list[dict[str, float]]:  # fmt: skip
+def paired_rounds(
+    server: ServerProcess,
+    name: str,
+    onnx_path: Path,
+    spec: ModelSpec,
+    frames: Path,
+    seconds: float,
+    rounds: int,
+) -> list[dict[str, float]]:
     """The ceiling (ORT batch 8, default settings) and the service at concurrency 16, measured in
     alternating order, `rounds` times. The machine's speed drifts by several percent over minutes,
     so a ratio of two measurements taken minutes apart carries that drift; alternating them in
@@ -87,21 +122,30 @@ def paired_rounds(server: ServerProcess, name: str, onnx_path: Path, spec: Model
         row: dict[str, float] = {}
         for side in ("ceiling", "service") if r % 2 == 0 else ("service", "ceiling"):
             if side == "ceiling":
-                row["ceiling_b8_images_per_s"] = measure.session_rate(session, spec, 8, seconds / 2)["images_per_s"]
+                row["ceiling_b8_images_per_s"] = measure.session_rate(session, spec, 8, seconds / 2)[
+                    "images_per_s"
+                ]
             else:
-                load = run_load(server.address, name, frames, 16, 1, seconds * 0.75, warmup=min(1.0, seconds / 4))
+                load = run_load(
+                    server.address, name, frames, 16, 1, seconds * 0.75, warmup=min(1.0, seconds / 4)
+                )
                 row["service_c16_images_per_s"] = float(load["images_per_s"])  # type: ignore[arg-type]
         out.append(row)
     return out
 
 
-def bench_int8_service(models_dir: Path, name: str, frames: Path, scratch: Path, seconds: float) -> list[dict[str, object]]:
+def bench_int8_service(
+    models_dir: Path, name: str, frames: Path, scratch: Path, seconds: float
+) -> list[dict[str, object]]:
     """The int8 variant served alone (its own server, so the fp32 pair's memory figure stays theirs)."""
     scratch.mkdir()
     (scratch / name).symlink_to((models_dir / name).resolve())
     server = ServerProcess(scratch)
     try:
-        return [run_load(server.address, name, frames, c, 1, seconds * 1.5, warmup=min(2.0, seconds / 2)) for c in (1, 16)]
+        return [
+            run_load(server.address, name, frames, c, 1, seconds * 1.5, warmup=min(2.0, seconds / 2))
+            for c in (1, 16)
+        ]
     finally:
         server.stop()
 
@@ -112,7 +156,11 @@ def main() -> int:
     repo = Repository.scan(args.models_dir)
     names = [n for n in (args.clip, args.dinov2) if n in repo.entries]
     frames, photos = bench_images(count=16 if args.smoke else 64, large=1 if args.smoke else 4)
-    results: dict[str, object] = {"machine": machine(), "smoke": args.smoke, "seconds_per_measurement": seconds}
+    results: dict[str, object] = {
+        "machine": machine(),
+        "smoke": args.smoke,
+        "seconds_per_measurement": seconds,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         scratch, clip_only = Path(tmp), Path(tmp) / "clip-only"
         dirs = {"frames": scratch / "frames", "photos": scratch / "photos"}
@@ -142,8 +190,9 @@ def main() -> int:
             server.stop()
         for model in results["models"]:  # type: ignore[attr-defined]
             if "int8" in model:
-                model["int8"]["service"] = bench_int8_service(args.models_dir, f"{model['model']}-int8", dirs["frames"],
-                                                              scratch / "int8", seconds)  # fmt: skip
+                model["int8"]["service"] = bench_int8_service(
+                    args.models_dir, f"{model['model']}-int8", dirs["frames"], scratch / "int8", seconds
+                )
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if args.smoke else ""
     (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

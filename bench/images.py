@@ -12,7 +12,9 @@ def photo_jpeg(width: int, height: int, seed: int, quality: int = 90) -> bytes:
     """A smooth colour field with edges and grain, JPEG-encoded like a camera frame."""
     rng = np.random.default_rng(seed)
     coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
-    field = np.asarray(Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    field = np.asarray(
+        Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16
+    )
     grain = rng.integers(-12, 13, (height, width, 3), dtype=np.int16)
     pixels = np.clip(field + grain, 0, 255).astype(np.uint8)
     stripe = max(1, height // 10)

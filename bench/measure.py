@@ -38,7 +38,9 @@ def torch_pipeline(spec: ModelSpec, images: list[bytes], seconds: float, scratch
     cursor = iter(range(10**12))
 
     def pils(count: int) -> list[Image.Image]:
-        return [Image.open(io.BytesIO(images[next(cursor) % len(images)])).convert("RGB") for _ in range(count)]
+        return [
+            Image.open(io.BytesIO(images[next(cursor) % len(images)])).convert("RGB") for _ in range(count)
+        ]
 
     def run(count: int) -> int:
         with torch.no_grad():
@@ -57,7 +59,9 @@ def default_session(onnx_path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
 
 
-def session_rate(session: ort.InferenceSession, spec: ModelSpec, batch: int, seconds: float) -> dict[str, float]:
+def session_rate(
+    session: ort.InferenceSession, spec: ModelSpec, batch: int, seconds: float
+) -> dict[str, float]:
     """images/s and ms per call of `session.run` on one precomputed batch."""
     height, width = spec.preprocessing.input_size()
     x = np.random.default_rng(batch).standard_normal((batch, 3, height, width)).astype(np.float32)
@@ -65,7 +69,9 @@ def session_rate(session: ort.InferenceSession, spec: ModelSpec, batch: int, sec
     return {"images_per_s": images_per_s, "ms_per_batch": per_call * 1000}
 
 
-def ceiling(onnx_path: Path, spec: ModelSpec, seconds: float, default_settings: bool = True) -> dict[str, dict[str, float]]:
+def ceiling(
+    onnx_path: Path, spec: ModelSpec, seconds: float, default_settings: bool = True
+) -> dict[str, dict[str, float]]:
     """session.run on precomputed tensors; the plain export at ORT's default settings unless told."""
     if default_settings:
         session = default_session(onnx_path)

@@ -14,9 +14,12 @@ def _ratios(m: dict[str, Any]) -> dict[str, float]:
         # Mean service over mean ceiling, the two measured in alternation (bench/__main__.py).
         "service_c16_over_ceiling_b8": mean(r["service_c16_images_per_s"] for r in paired)
         / mean(r["ceiling_b8_images_per_s"] for r in paired),
-        "service_c16_over_ceiling_b8_single_pass": service[(16, 1)]["images_per_s"] / ceiling["batch8"]["images_per_s"],
-        "service_c16_over_pytorch_single": service[(16, 1)]["images_per_s"] / m["pytorch"]["one_at_a_time_images_per_s"],
-        "p50_c1_over_b1_plus_decode": service[(1, 1)]["p50_ms"] / (ceiling["batch1"]["ms_per_batch"] + m["decode_ms"]),
+        "service_c16_over_ceiling_b8_single_pass": service[(16, 1)]["images_per_s"]
+        / ceiling["batch8"]["images_per_s"],
+        "service_c16_over_pytorch_single": service[(16, 1)]["images_per_s"]
+        / m["pytorch"]["one_at_a_time_images_per_s"],
+        "p50_c1_over_b1_plus_decode": service[(1, 1)]["p50_ms"]
+        / (ceiling["batch1"]["ms_per_batch"] + m["decode_ms"]),
     }
     if "int8" in m:
         int8 = m["int8"]["ceiling_default"]
@@ -50,30 +53,48 @@ def _model_section(m: dict[str, Any]) -> list[str]:
     lines = [f"### {m['model']} (dim {m['dim']}, weights: {m['weights']})", ""]
     lines += ["| side | setting | images/s | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     p = m["pytorch"]
-    lines.append(f"| PyTorch pipeline (HF slow processor + eager) | one at a time | {p['one_at_a_time_images_per_s']:.2f} | | |")
+    lines.append(
+        f"| PyTorch pipeline (HF slow processor + eager) | one at a time | {p['one_at_a_time_images_per_s']:.2f} | | |"
+    )
     lines.append(f"| PyTorch pipeline | batch 8 | {p['batch8_images_per_s']:.2f} | | |")
-    for label, key in (("ORT model-only, default settings", "ceiling_default"),
-                       ("ORT model-only, served settings", "ceiling_served_settings")):  # fmt: skip
+    for label, key in (
+        ("ORT model-only, default settings", "ceiling_default"),
+        ("ORT model-only, served settings", "ceiling_served_settings"),
+    ):
         for batch, row in m[key].items():
-            lines.append(f"| {label} | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |")
+            lines.append(
+                f"| {label} | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |"
+            )
     if "int8" in m:
         for batch, row in m["int8"]["ceiling_default"].items():
-            lines.append(f"| ORT model-only int8 | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |")
+            lines.append(
+                f"| ORT model-only int8 | {batch} | {row['images_per_s']:.2f} | {row['ms_per_batch']:.1f} (per batch) | |"
+            )
     for s in m["service"]:
         setting = f"concurrency {s['concurrency']}, {s['per_request']} image(s)/request"
         errors = {k: v for k, v in s["codes"].items() if k != "OK"}
         note = f" errors {errors}" if errors else ""
-        lines.append(f"| this service over gRPC | {setting}{note} | {s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")
+        lines.append(
+            f"| this service over gRPC | {setting}{note} | {s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |"
+        )
     for s in m.get("int8", {}).get("service", []):
-        lines.append(f"| this service over gRPC, int8 variant served alone | concurrency {s['concurrency']}, 1 image(s)/request | "
-                     f"{s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| this service over gRPC, int8 variant served alone | concurrency {s['concurrency']}, 1 image(s)/request | "
+            f"{s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |"
+        )
     photos = m.get("service_large_photos")
     if photos:
-        lines.append(f"| this service over gRPC | 4032x3024 photos, concurrency 4 | {photos['images_per_s']:.2f} | "
-                     f"{photos['p50_ms']:.1f} | {photos['p99_ms']:.1f} |")  # fmt: skip
+        lines.append(
+            f"| this service over gRPC | 4032x3024 photos, concurrency 4 | {photos['images_per_s']:.2f} | "
+            f"{photos['p50_ms']:.1f} | {photos['p99_ms']:.1f} |"
+        )
     lines += ["", f"Decode + preprocess of one 640x480 JPEG: {m['decode_ms']:.2f} ms.", ""]
-    lines += ["Service at concurrency 16 and the ceiling (ORT batch 8, default settings), measured in alternation:", "",
-              "| round | ceiling images/s | service images/s | ratio |", "|---:|---:|---:|---:|"]  # fmt: skip
+    lines += [
+        "Service at concurrency 16 and the ceiling (ORT batch 8, default settings), measured in alternation:",
+        "",
+        "| round | ceiling images/s | service images/s | ratio |",
+        "|---:|---:|---:|---:|",
+    ]
     for i, r in enumerate(m["paired_c16"], 1):
         ceil, svc = r["ceiling_b8_images_per_s"], r["service_c16_images_per_s"]
         lines.append(f"| {i} | {ceil:.2f} | {svc:.2f} | {svc / ceil:.3f} |")
@@ -105,10 +126,14 @@ def render(results: dict[str, Any]) -> str:
         "### Start-up and memory",
         "",
         f"- Cold start to SERVING with CLIP preloaded (process spawn -> health SERVING): {results['cold_start_clip_s']:.2f} s (target <= 3 s).",
-        (f"- Resident memory with both models loaded and warm: {rss:.0f} MB; onnx files {onnx_total:.0f} MB; "
-        f"budget 1.5 x files + 200 MB = {budget:.0f} MB: {'met' if rss <= budget else 'NOT met'}."),
-        (f"- The same server at rest, {results.get('rss_at_rest_after_s', 0):.0f} s after its last batch: "
-         f"{results.get('rss_at_rest_mb', float('nan')):.0f} MB."),
+        (
+            f"- Resident memory with both models loaded and warm: {rss:.0f} MB; onnx files {onnx_total:.0f} MB; "
+            f"budget 1.5 x files + 200 MB = {budget:.0f} MB: {'met' if rss <= budget else 'NOT met'}."
+        ),
+        (
+            f"- The same server at rest, {results.get('rss_at_rest_after_s', 0):.0f} s after its last batch: "
+            f"{results.get('rss_at_rest_mb', float('nan')):.0f} MB."
+        ),
         "",
     ]
     return "\n".join(lines)

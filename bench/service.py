@@ -27,10 +27,24 @@ class ServerProcess:
         self.address = f"127.0.0.1:{free_port()}"
         started = time.perf_counter()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "embedder", "serve", "--preload", "--address", self.address,
-             "--models-dir", str(models_dir), "--log-level", "WARNING", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "embedder",
+                "serve",
+                "--preload",
+                "--address",
+                self.address,
+                "--models-dir",
+                str(models_dir),
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.ready_seconds = self._wait_serving(started)
 
     def _wait_serving(self, started: float, timeout: float = 120.0) -> float:
@@ -39,7 +53,9 @@ class ServerProcess:
         try:
             while time.perf_counter() - started < timeout:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: {self.process.stderr.read() if self.process.stderr else ''}")
+                    raise RuntimeError(
+                        f"server exited: {self.process.stderr.read() if self.process.stderr else ''}"
+                    )
                 try:
                     status = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -65,11 +81,34 @@ class ServerProcess:
             self.process.kill()
 
 
-def run_load(address: str, model: str, images_dir: Path, concurrency: int, per_request: int,
-             seconds: float, warmup: float) -> dict[str, object]:  # fmt: skip
+def run_load(
+    address: str,
+    model: str,
+    images_dir: Path,
+    concurrency: int,
+    per_request: int,
+    seconds: float,
+    warmup: float,
+) -> dict[str, object]:
     """One load run from a separate client process."""
-    command = [sys.executable, "-m", "bench.load", "--server", address, "--model", model,
-               "--concurrency", str(concurrency), "--per-request", str(per_request),
-               "--seconds", str(seconds), "--warmup", str(warmup), "--images", str(images_dir)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench.load",
+        "--server",
+        address,
+        "--model",
+        model,
+        "--concurrency",
+        str(concurrency),
+        "--per-request",
+        str(per_request),
+        "--seconds",
+        str(seconds),
+        "--warmup",
+        str(warmup),
+        "--images",
+        str(images_dir),
+    ]
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())
     return json.loads(out.stdout.strip().splitlines()[-1])

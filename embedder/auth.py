@@ -34,9 +34,10 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         return matched
 
     async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:  # fmt: skip
+    ) -> grpc.RpcMethodHandler | None:
         if details.method.startswith(OPEN_METHODS):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())

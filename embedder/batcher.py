@@ -106,8 +106,9 @@ class Batcher:
                     self._incoming -= images
                     self._cond.notify()
 
-    def submit(self, tensors: list[np.ndarray], deadline: float | None,
-               admission: Admission | None = None) -> list[Future[np.ndarray]]:  # fmt: skip
+    def submit(
+        self, tensors: list[np.ndarray], deadline: float | None, admission: Admission | None = None
+    ) -> list[Future[np.ndarray]]:
         """Queue a request's images together (admitted first); one future per image, in order."""
         jobs = [Job(t, Future(), deadline) for t in tensors]
         with self._cond:

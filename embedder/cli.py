@@ -123,7 +123,9 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embedder", description="CLIP and DINOv2 image embeddings over gRPC")
+    parser = argparse.ArgumentParser(
+        prog="embedder", description="CLIP and DINOv2 image embeddings over gRPC"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     add_settings_flags(serve)

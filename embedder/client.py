@@ -51,8 +51,13 @@ def server_path(path: str) -> pb.Image:
     return pb.Image(path=path)
 
 
-def build_request(model: str, images: Sequence[ImageLike | pb.Image], normalize: bool = False,
-                  aggregate: str | None = None, normalize_aggregate: bool = False) -> pb.EmbedRequest:  # fmt: skip
+def build_request(
+    model: str,
+    images: Sequence[ImageLike | pb.Image],
+    normalize: bool = False,
+    aggregate: str | None = None,
+    normalize_aggregate: bool = False,
+) -> pb.EmbedRequest:
     return pb.EmbedRequest(
         model=model,
         images=[item if isinstance(item, pb.Image) else _image(item) for item in images],
@@ -65,7 +70,9 @@ def build_request(model: str, images: Sequence[ImageLike | pb.Image], normalize:
 def to_numpy(response: pb.EmbedResponse) -> Embeddings:
     dim = response.model.dim
     vectors = np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(-1, dim)
-    aggregate = np.array(response.aggregate.values, dtype=np.float32) if response.HasField("aggregate") else None
+    aggregate = (
+        np.array(response.aggregate.values, dtype=np.float32) if response.HasField("aggregate") else None
+    )
     return Embeddings(vectors, aggregate, response.model)
 
 
@@ -160,13 +167,21 @@ class EmbedderClient:
                     raise
                 time.sleep(delay)
 
-    def embed(self, model: str, images: Sequence[ImageLike | pb.Image], *, normalize: bool = False,
-              aggregate: str | None = None, normalize_aggregate: bool = False) -> Embeddings:  # fmt: skip
+    def embed(
+        self,
+        model: str,
+        images: Sequence[ImageLike | pb.Image],
+        *,
+        normalize: bool = False,
+        aggregate: str | None = None,
+        normalize_aggregate: bool = False,
+    ) -> Embeddings:
         request = build_request(model, images, normalize, aggregate, normalize_aggregate)
         return to_numpy(self._call(self.stub.Embed, request))
 
-    def embed_many(self, model: str, images: Iterable[ImageLike], *, chunk: int = 32,
-                   normalize: bool = False) -> Iterator[Embeddings]:  # fmt: skip
+    def embed_many(
+        self, model: str, images: Iterable[ImageLike], *, chunk: int = 32, normalize: bool = False
+    ) -> Iterator[Embeddings]:
         """A large job in requests of `chunk` images, results in order."""
         batch: list[ImageLike] = []
         for item in images:
@@ -217,8 +232,15 @@ class AsyncEmbedderClient:
                     raise
                 await asyncio.sleep(delay)
 
-    async def embed(self, model: str, images: Sequence[ImageLike | pb.Image], *, normalize: bool = False,
-                    aggregate: str | None = None, normalize_aggregate: bool = False) -> Embeddings:  # fmt: skip
+    async def embed(
+        self,
+        model: str,
+        images: Sequence[ImageLike | pb.Image],
+        *,
+        normalize: bool = False,
+        aggregate: str | None = None,
+        normalize_aggregate: bool = False,
+    ) -> Embeddings:
         request = build_request(model, images, normalize, aggregate, normalize_aggregate)
         return to_numpy(await self._call(self.stub.Embed, request))
 

@@ -58,6 +58,8 @@ class ThreadPlan:
     preprocess_workers: int
 
 
-def plan_threads(intra_op: int | None = None, workers: int | None = None, cpus: int | None = None) -> ThreadPlan:
+def plan_threads(
+    intra_op: int | None = None, workers: int | None = None, cpus: int | None = None
+) -> ThreadPlan:
     cpus = cpus or available_cpus()
     return ThreadPlan(cpus=cpus, intra_op=intra_op or cpus, preprocess_workers=workers or cpus)

@@ -26,7 +26,9 @@ def add_embed_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model name or alias")
     parser.add_argument("--normalize", action="store_true", help="L2-normalise each vector")
     parser.add_argument("--aggregate", choices=["mean"], help="also print the mean of all vectors")
-    parser.add_argument("--output", type=Path, help="write here instead of stdout: .jsonl, or .npy (+ .manifest.jsonl)")
+    parser.add_argument(
+        "--output", type=Path, help="write here instead of stdout: .jsonl, or .npy (+ .manifest.jsonl)"
+    )
     parser.add_argument("--chunk", type=int, default=16, help="images per request")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -117,7 +119,9 @@ def _chunks(items: list[Path], size: int) -> Iterator[list[Path]]:
 def run_embed_job(client: Any, args: argparse.Namespace) -> int:
     paths = expand(args.inputs)
     output: Path | None = args.output
-    sink: JsonlSink | NpySink = NpySink(output) if output and output.suffix == ".npy" else JsonlSink.open(output)
+    sink: JsonlSink | NpySink = (
+        NpySink(output) if output and output.suffix == ".npy" else JsonlSink.open(output)
+    )
     todo = [p for p in paths if str(p) not in sink.done]
     show = not args.no_progress and sys.stderr.isatty()
     total = np.zeros(0)
@@ -133,7 +137,15 @@ def run_embed_job(client: Any, args: argparse.Namespace) -> int:
     finally:
         sink.close()
     if args.aggregate == "mean" and count:
-        print(json.dumps({"aggregate": "mean", "count": count, "embedding": (total / count).astype(np.float32).tolist()}))
+        print(
+            json.dumps(
+                {
+                    "aggregate": "mean",
+                    "count": count,
+                    "embedding": (total / count).astype(np.float32).tolist(),
+                }
+            )
+        )
     if todo != paths:
         print(f"resumed: {len(paths) - len(todo)} already done, {len(todo)} embedded", file=sys.stderr)
     return 0

@@ -60,19 +60,28 @@ def l2_normalize(vectors: np.ndarray) -> np.ndarray:
 
 
 class Engine:
-    def __init__(self, settings: Settings, repository: Repository, cache: SessionCache, workers: int,
-                 batch_observer: BatchObserver | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        cache: SessionCache,
+        workers: int,
+        batch_observer: BatchObserver | None = None,
+    ) -> None:
         self.settings = settings
         self.repository = repository
         self.cache = cache
         self.reader = SourceReader(settings.image_root, settings.max_image_bytes)
-        self.limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels)
+        self.limits = DecodeLimits(
+            max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels
+        )
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         self._batch_observer = batch_observer
         self.turns = CpuTurns()
         self.trimmer = IdleTrimmer()
         self._preprocessors = {
-            name: Preprocessor(entry.spec.preprocessing, self.limits) for name, entry in repository.entries.items()
+            name: Preprocessor(entry.spec.preprocessing, self.limits)
+            for name, entry in repository.entries.items()
         }
         self._batchers: dict[str, Batcher] = {}
         self._batchers_lock = threading.Lock()
@@ -83,7 +92,9 @@ class Engine:
                 self._batchers[name] = Batcher(
                     name,
                     lambda pixels: self._run(name, pixels),
-                    max_batch=self.settings.max_batch_size if self.repository.entries[name].spec.batch_invariant else 1,
+                    max_batch=self.settings.max_batch_size
+                    if self.repository.entries[name].spec.batch_invariant
+                    else 1,
                     max_delay_s=self.settings.max_batch_delay_ms / 1000,
                     max_queue=self.settings.max_queue_images,
                     observer=self._batch_done,
@@ -100,7 +111,9 @@ class Engine:
             vectors = run(session, pixels)
         except Exception as exc:
             log.exception("model %s failed on a batch of %d", name, len(pixels))
-            raise ModelUnavailable(f"model {name!r} failed on a batch of {len(pixels)}: {type(exc).__name__}") from None
+            raise ModelUnavailable(
+                f"model {name!r} failed on a batch of {len(pixels)}: {type(exc).__name__}"
+            ) from None
         if vectors.shape != (len(pixels), dim):
             raise ModelUnavailable(
                 f"model {name!r}: its graph gave {list(vectors.shape)} for a batch of {len(pixels)}, not [{len(pixels)}, {dim}]"
@@ -116,8 +129,9 @@ class Engine:
         with self._batchers_lock:
             return {name: batcher.depth() for name, batcher in self._batchers.items()}
 
-    async def embed(self, model: str, sources: list[ImageSource], options: EmbedOptions,
-                    deadline: float | None = None) -> EmbedResult:  # fmt: skip
+    async def embed(
+        self, model: str, sources: list[ImageSource], options: EmbedOptions, deadline: float | None = None
+    ) -> EmbedResult:
         """Runs on the server's event loop and never blocks it: decoding runs in the worker pool,
         inference in the model's batcher thread, a model load in a helper thread. `deadline` is a
         time.monotonic() value; past it the work is dropped, not run. Cancelling the coroutine
@@ -166,13 +180,16 @@ class Engine:
         if (options.aggregate_only or options.normalize_aggregate) and not options.aggregate_mean:
             raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
 
-    def _start_preprocess(self, name: str, sources: list[ImageSource], deadline: float | None,
-                          cancelled: threading.Event) -> list[Future[np.ndarray]]:  # fmt: skip
+    def _start_preprocess(
+        self, name: str, sources: list[ImageSource], deadline: float | None, cancelled: threading.Event
+    ) -> list[Future[np.ndarray]]:
         preprocessor = self._preprocessors[name]
 
         def check() -> None:
             if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                raise DeadlineExpired("deadline passed or call cancelled before decoding")  # no work for the dead
+                raise DeadlineExpired(
+                    "deadline passed or call cancelled before decoding"
+                )  # no work for the dead
 
         def one(index: int) -> np.ndarray:
             check()

@@ -56,7 +56,9 @@ class RejectedImages(InvalidRequest):
         self.errors = errors
         shown = "; ".join(e.message for e in errors[: self.MAX_LISTED])
         more = len(errors) - self.MAX_LISTED
-        super().__init__(f"{len(errors)} images rejected: {shown}" + (f" (and {more} more)" if more > 0 else ""))
+        super().__init__(
+            f"{len(errors)} images rejected: {shown}" + (f" (and {more} more)" if more > 0 else "")
+        )
 
 
 def image_kinds(error: EmbedderError | None) -> list[str]:

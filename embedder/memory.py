@@ -70,7 +70,10 @@ class IdleTrimmer:
                 started = time.perf_counter()
                 if release_free_memory():
                     self.trims += 1
-                    log.debug("returned free heap memory to the OS in %.1f ms", (time.perf_counter() - started) * 1000)
+                    log.debug(
+                        "returned free heap memory to the OS in %.1f ms",
+                        (time.perf_counter() - started) * 1000,
+                    )
 
     def close(self) -> None:
         self._stop.set()

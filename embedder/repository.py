@@ -30,7 +30,9 @@ class ModelEntry:
     def unavailable_reason(self) -> str | None:
         """Why this model cannot be loaded at all, seen without reading the graph."""
         if self.spec.onnx_sha256 is None:
-            return f"not exported yet: run `python -m export {self.spec.family} SOURCE --out {self.directory}`"
+            return (
+                f"not exported yet: run `python -m export {self.spec.family} SOURCE --out {self.directory}`"
+            )
         if not self.onnx_path.is_file():
             return f"graph file missing: {self.onnx_path}"
         return None

@@ -41,8 +41,15 @@ def register_shared_arena() -> None:
     with _shared_arena_lock:
         if _shared_arena_registered:
             return
-        config = ort.OrtArenaCfg({"arena_extend_strategy": 1, "max_mem": 0, "initial_chunk_size_bytes": -1,
-                                  "max_dead_bytes_per_chunk": -1, "initial_growth_chunk_size_bytes": -1})  # fmt: skip
+        config = ort.OrtArenaCfg(
+            {
+                "arena_extend_strategy": 1,
+                "max_mem": 0,
+                "initial_chunk_size_bytes": -1,
+                "max_dead_bytes_per_chunk": -1,
+                "initial_growth_chunk_size_bytes": -1,
+            }
+        )
         cpu = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
         ort.create_and_register_allocator(cpu, config)
         _shared_arena_registered = True

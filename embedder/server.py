@@ -80,8 +80,13 @@ class EmbedderServer:
         self.cache = SessionCache(
             self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
         )
-        self.engine = Engine(settings, self.repository, self.cache, self.plan.preprocess_workers,
-                             batch_observer=self.telemetry.batch_done)  # fmt: skip
+        self.engine = Engine(
+            settings,
+            self.repository,
+            self.cache,
+            self.plan.preprocess_workers,
+            batch_observer=self.telemetry.batch_done,
+        )
         self.telemetry.track(self.engine.queue_depths, lambda: len(self.cache.resident()))
         self.service = EmbedderService(self.engine, self.telemetry)
         self.port = 0
@@ -118,7 +123,12 @@ class EmbedderServer:
         self.service.register(server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
         )
         return server
 
@@ -137,9 +147,12 @@ class EmbedderServer:
             # Clients re-resolve DNS only when a connection ends: without this, replicas added by an
             # autoscaler are never used by clients already connected.
             age_ms = int(self.settings.max_connection_age_s * 1000)
-            options += [("grpc.max_connection_age_ms", age_ms),
-                        ("grpc.max_connection_age_grace_ms", int(self.settings.shutdown_grace_s * 1000))]  # fmt: skip
+            options += [
+                ("grpc.max_connection_age_ms", age_ms),
+                ("grpc.max_connection_age_grace_ms", int(self.settings.shutdown_grace_s * 1000)),
+            ]
         return options
+
     def _credentials(self) -> grpc.ServerCredentials | None:
         s = self.settings
         if s.tls_cert is None or s.tls_key is None:
@@ -168,16 +181,22 @@ class EmbedderServer:
             log.info("metrics on %s (port %d)", self.settings.metrics_address, self.metrics_port)
         log.info(
             "threads: %d CPUs available -> ORT intra-op %d, preprocess workers %d, gRPC on one asyncio loop",
-            self.plan.cpus, self.plan.intra_op, self.plan.preprocess_workers,
-        )  # fmt: skip
+            self.plan.cpus,
+            self.plan.intra_op,
+            self.plan.preprocess_workers,
+        )
         if self.settings.preload:
             self._preload()
         self.cache.start_reaper()
         self._set_health("", _SERVING)
         self._set_health(SERVICE_NAME, _SERVING)
-        log.info("serving on port %d (%s TLS) in %.2f s; models: %s", self.port,
-                 "with" if credentials else "without", time.perf_counter() - started,
-                 ", ".join(f"{n} [{self.cache.status(n)[0].value}]" for n in self.repository.entries) or "none")  # fmt: skip
+        log.info(
+            "serving on port %d (%s TLS) in %.2f s; models: %s",
+            self.port,
+            "with" if credentials else "without",
+            time.perf_counter() - started,
+            ", ".join(f"{n} [{self.cache.status(n)[0].value}]" for n in self.repository.entries) or "none",
+        )
         return self.port
 
     async def _start_grpc(self, credentials: grpc.ServerCredentials | None) -> int:
@@ -262,7 +281,9 @@ class EmbedderServer:
         done, _ = await asyncio.wait({stopping}, timeout=STOP_GRACE_S)
         if done:
             return stopping.result()
-        log.warning("gRPC still holds calls no handler has after %.1f s of idle: cancelling them", STOP_GRACE_S)
+        log.warning(
+            "gRPC still holds calls no handler has after %.1f s of idle: cancelling them", STOP_GRACE_S
+        )
         stopping.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stopping

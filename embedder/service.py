@@ -140,7 +140,9 @@ async def translated_errors(
         outcome.code = grpc.StatusCode.INTERNAL
         log.exception("internal error (request %s)", request_id, extra={"request_id": request_id})
         end(outcome)
-        await context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log")
+        await context.abort(
+            grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log"
+        )
     else:
         end(outcome)
 
@@ -153,7 +155,11 @@ def _bounded(message: str) -> str:
 def ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     """Why gRPC cancelled a handler: its deadline passed, or the caller went away."""
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return (
+        grpc.StatusCode.DEADLINE_EXCEEDED
+        if remaining is not None and remaining <= 0
+        else grpc.StatusCode.CANCELLED
+    )
 
 
 def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -223,7 +229,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
-    async def Embed(self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+    async def Embed(
+        self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext
+    ) -> pb.EmbedResponse:
         started = time.perf_counter()
         rid = request_id(context)
 
@@ -235,14 +243,21 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 if isinstance(request, Malformed):
                     raise request.refuse()
                 deadline = call_deadline(context)
-                result = await self.engine.embed(request.model, _sources(request), _options(request), deadline)
+                result = await self.engine.embed(
+                    request.model, _sources(request), _options(request), deadline
+                )
                 return self._response(result)
         raise AssertionError("unreachable: abort raises")
 
-    def _record(self, request: pb.EmbedRequest | Malformed, outcome: Outcome, seconds: float, rid: str) -> None:
+    def _record(
+        self, request: pb.EmbedRequest | Malformed, outcome: Outcome, seconds: float, rid: str
+    ) -> None:
         for kind in image_kinds(outcome.error):
             self.telemetry.decode_failed(kind)
-        model, images = "unknown", 0  # never a caller-chosen label: that would let clients grow the metric set
+        model, images = (
+            "unknown",
+            0,
+        )  # never a caller-chosen label: that would let clients grow the metric set
         if not isinstance(request, Malformed):
             images = len(request.images)
             with contextlib.suppress(EmbedderError):

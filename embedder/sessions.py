@@ -128,10 +128,16 @@ class SessionCache:
         self._set(entry.name, _Status(ModelState.SERVING, load_seconds=seconds))
         log.info(
             "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s)",
-            entry.name, seconds, entry.spec.weights_kind.upper(), self.intra_op_threads, entry.spec.onnx_sha256[:12],
-        )  # fmt: skip
+            entry.name,
+            seconds,
+            entry.spec.weights_kind.upper(),
+            self.intra_op_threads,
+            entry.spec.onnx_sha256[:12],
+        )
         if entry.spec.weights_kind == "random-init":
-            log.warning("model %s has RANDOM-INIT weights, NOT PRETRAINED: its vectors are meaningless", entry.name)
+            log.warning(
+                "model %s has RANDOM-INIT weights, NOT PRETRAINED: its vectors are meaningless", entry.name
+            )
         self._evict_over_capacity()
         return session
 

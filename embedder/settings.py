@@ -19,7 +19,9 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     address: str = Field("127.0.0.1:50051", description="host:port to listen on (port 0 picks a free one)")
-    models_dir: Path = Field(Path("models"), description="model repository: one folder per model with model.json")
+    models_dir: Path = Field(
+        Path("models"), description="model repository: one folder per model with model.json"
+    )
     preload: bool = Field(False, description="load and warm every available model before reporting SERVING")
     max_loaded: int = Field(4, ge=1, description="sessions resident at once; least recently used is evicted")
     idle_ttl_s: float = Field(0.0, ge=0, description="evict a session idle this long (0 = never)")
@@ -30,21 +32,31 @@ class Settings(BaseModel):
     )
     max_batch_size: int = Field(8, ge=1, le=1024, description="images per session.run")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="how long an idle batcher waits to fill a batch")
-    max_queue_images: int = Field(256, ge=1, description="images waiting per model; beyond: RESOURCE_EXHAUSTED")
+    max_queue_images: int = Field(
+        256, ge=1, description="images waiting per model; beyond: RESOURCE_EXHAUSTED"
+    )
     max_message_bytes: int = Field(64 * MiB, ge=MiB, description="largest gRPC message, either direction")
     max_images_per_request: int = Field(256, ge=1, description="images in one Embed request")
     max_image_bytes: int = Field(32 * MiB, ge=1, description="encoded size of one image")
     max_image_pixels: int = Field(
-        40_000_000, ge=1, le=178_956_970,  # above that, Pillow's own bomb guard refuses first
+        40_000_000,
+        ge=1,
+        le=178_956_970,  # above that, Pillow's own bomb guard refuses first
         description="width x height from the header, before decoding",
     )
     max_resized_pixels: int = Field(16_000_000, ge=1, description="pixels after the shortest-edge resize")
-    image_root: Path | None = Field(None, description="allow Image.path inputs under this folder (off if unset)")
+    image_root: Path | None = Field(
+        None, description="allow Image.path inputs under this folder (off if unset)"
+    )
     max_connection_age_s: float = Field(
-        0.0, ge=0, description="close client connections after this long so clients re-resolve DNS (0 = never)"
+        0.0,
+        ge=0,
+        description="close client connections after this long so clients re-resolve DNS (0 = never)",
     )
     shutdown_grace_s: float = Field(15.0, ge=0, description="SIGTERM: time for in-flight calls to finish")
-    metrics_address: str | None = Field(None, description="host:port for the Prometheus endpoint (off if unset)")
+    metrics_address: str | None = Field(
+        None, description="host:port for the Prometheus endpoint (off if unset)"
+    )
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json log lines")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
     tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")

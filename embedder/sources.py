@@ -37,13 +37,17 @@ class SourceReader:
 
     def _read_path(self, raw: str, index: int) -> bytes:
         if self.root is None:
-            raise InvalidImage("path inputs are disabled on this server (no image_root set)", index, kind="path")
+            raise InvalidImage(
+                "path inputs are disabled on this server (no image_root set)", index, kind="path"
+            )
         path = self._resolve(raw, index)
         try:
             with path.open("rb") as fh:  # one descriptor: a file that grows after a stat is still capped
                 data = fh.read(self.max_image_bytes + 1)
         except OSError as exc:
-            raise InvalidImage(f"path {shown(raw)} cannot be read: {exc.strerror or type(exc).__name__}", index, kind="path") from None
+            raise InvalidImage(
+                f"path {shown(raw)} cannot be read: {exc.strerror or type(exc).__name__}", index, kind="path"
+            ) from None
         self._check_size(len(data), index)
         return data
 
@@ -51,13 +55,19 @@ class SourceReader:
         assert self.root is not None
         pure = PurePosixPath(raw)
         if not raw or "\x00" in raw or pure.is_absolute() or os.path.isabs(raw) or ".." in pure.parts:
-            raise InvalidImage(f"path {shown(raw)} must be relative to the image root, without '..'", index, kind="path")
+            raise InvalidImage(
+                f"path {shown(raw)} must be relative to the image root, without '..'", index, kind="path"
+            )
         try:
             resolved = (self.root / pure).resolve(strict=True)
         except (OSError, RuntimeError):
-            raise InvalidImage(f"path {shown(raw)} not found under the image root", index, kind="path") from None
+            raise InvalidImage(
+                f"path {shown(raw)} not found under the image root", index, kind="path"
+            ) from None
         if not resolved.is_relative_to(self.root):
-            raise InvalidImage(f"path {shown(raw)} escapes the image root through a symlink", index, kind="path")
+            raise InvalidImage(
+                f"path {shown(raw)} escapes the image root through a symlink", index, kind="path"
+            )
         if not resolved.is_file():
             raise InvalidImage(f"path {shown(raw)} is not a regular file", index, kind="path")
         return resolved

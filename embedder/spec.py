@@ -161,7 +161,9 @@ class ModelSpec(_Frozen):
 
     @property
     def verified(self) -> bool:
-        return self.parity is not None and self.parity.verified and self.parity.onnx_sha256 == self.onnx_sha256
+        return (
+            self.parity is not None and self.parity.verified and self.parity.onnx_sha256 == self.onnx_sha256
+        )
 
     @property
     def weights_kind(self) -> str:
@@ -189,7 +191,8 @@ def load_spec(path: Path) -> ModelSpec:
         return ModelSpec.model_validate_json(text)
     except ValidationError as exc:
         problems = "; ".join(
-            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}" for err in exc.errors()
+            f"field '{'.'.join(str(p) for p in err['loc']) or '<root>'}': {err['msg']}"
+            for err in exc.errors()
         )
         raise SpecError(f"{path}: {problems}") from exc
 

@@ -23,15 +23,31 @@ class Telemetry:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("embedder_requests", "Embed calls by model and gRPC status", ["model", "code"], registry=r)
-        self.images = Counter("embedder_images", "Images in Embed calls by model and status", ["model", "code"], registry=r)
-        self.latency = Histogram("embedder_request_seconds", "Embed latency", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("embedder_batch_size", "Images per session.run", ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("embedder_batch_seconds", "session.run time", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.decode_failures = Counter("embedder_decode_failures", "Rejected images by reason", ["reason"], registry=r)
-        self.load_seconds = Gauge("embedder_model_load_seconds", "Last load + warm-up time", ["model"], registry=r)
+        self.requests = Counter(
+            "embedder_requests", "Embed calls by model and gRPC status", ["model", "code"], registry=r
+        )
+        self.images = Counter(
+            "embedder_images", "Images in Embed calls by model and status", ["model", "code"], registry=r
+        )
+        self.latency = Histogram(
+            "embedder_request_seconds", "Embed latency", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "embedder_batch_size", "Images per session.run", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.batch_seconds = Histogram(
+            "embedder_batch_seconds", "session.run time", ["model"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.decode_failures = Counter(
+            "embedder_decode_failures", "Rejected images by reason", ["reason"], registry=r
+        )
+        self.load_seconds = Gauge(
+            "embedder_model_load_seconds", "Last load + warm-up time", ["model"], registry=r
+        )
         self.loads = Counter("embedder_model_loads", "Session loads", ["model"], registry=r)
-        self.evictions = Counter("embedder_evictions", "Sessions evicted (LRU or idle)", ["model"], registry=r)
+        self.evictions = Counter(
+            "embedder_evictions", "Sessions evicted (LRU or idle)", ["model"], registry=r
+        )
         self.resident = Gauge("embedder_models_resident", "Sessions resident", registry=r)
 
     def serve(self, address: str) -> int:
@@ -52,10 +68,20 @@ class Telemetry:
         if code == "OK":
             self.latency.labels(model).observe(seconds)
         access_log.info(
-            "Embed model=%s images=%d status=%s %.1f ms id=%s", model, images, code, seconds * 1000, request_id,
-            extra={"model": model, "images": images, "status": code, "ms": round(seconds * 1000, 2),
-                   "request_id": request_id},
-        )  # fmt: skip
+            "Embed model=%s images=%d status=%s %.1f ms id=%s",
+            model,
+            images,
+            code,
+            seconds * 1000,
+            request_id,
+            extra={
+                "model": model,
+                "images": images,
+                "status": code,
+                "ms": round(seconds * 1000, 2),
+                "request_id": request_id,
+            },
+        )
 
     def batch_done(self, model: str, size: int, seconds: float) -> None:
         self.batch_size.labels(model).observe(size)

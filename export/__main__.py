@@ -35,22 +35,34 @@ ONNX_FILE = "model.onnx"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
     parser.add_argument("family", choices=families.FAMILIES)
-    parser.add_argument("source", help="hub id, local checkpoint dir, or (with --random-init) an architecture name")
+    parser.add_argument(
+        "source", help="hub id, local checkpoint dir, or (with --random-init) an architecture name"
+    )
     parser.add_argument("--out", type=Path, required=True, help="models/NAME; NAME becomes the model's name")
-    parser.add_argument("--random-init", action="store_true", help=f"seeded random weights; one of {sorted(ARCHITECTURES)}")
+    parser.add_argument(
+        "--random-init", action="store_true", help=f"seeded random weights; one of {sorted(ARCHITECTURES)}"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     parser.add_argument("--pooling", help="dinov2: cls (default), mean (patch tokens) or cls+mean")
-    parser.add_argument("--alias", action="append", default=[], help="extra name the server accepts (repeatable)")
-    parser.add_argument("--images", type=Path, help="a folder of extra images (e.g. real photos) for the gate")
+    parser.add_argument(
+        "--alias", action="append", default=[], help="extra name the server accepts (repeatable)"
+    )
+    parser.add_argument(
+        "--images", type=Path, help="a folder of extra images (e.g. real photos) for the gate"
+    )
     parser.add_argument("--no-huge", action="store_true", help="leave the >= 4000 px images out of the gate")
-    parser.add_argument("--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)")
+    parser.add_argument(
+        "--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)"
+    )
     args = parser.parse_args(argv)
     if not re.fullmatch(NAME_PATTERN, args.out.name):
         parser.error(f"--out {args.out}: the folder name is the model name and must match {NAME_PATTERN}")
     args.pooling = args.pooling or families.POOLINGS[args.family][0]
     if args.pooling not in families.POOLINGS[args.family]:
-        parser.error(f"--pooling {args.pooling} is not valid for {args.family}: {families.POOLINGS[args.family]}")
+        parser.error(
+            f"--pooling {args.pooling} is not valid for {args.family}: {families.POOLINGS[args.family]}"
+        )
     return args
 
 
@@ -61,14 +73,23 @@ def checkpoint_source(args: argparse.Namespace, scratch: Path) -> tuple[str, lis
         if arch.family != args.family:
             raise SystemExit(f"{args.source} is a {arch.family} architecture, not {args.family}")
         families.save_random_init(arch, args.seed, scratch)
-        log.warning("%s: RANDOM-INIT weights (seed %d), NOT PRETRAINED: vectors are meaningless", args.source, args.seed)
+        log.warning(
+            "%s: RANDOM-INIT weights (seed %d), NOT PRETRAINED: vectors are meaningless",
+            args.source,
+            args.seed,
+        )
         return str(scratch), [args.source] if arch.pretrained else []
     is_local = Path(args.source).exists()
     return args.source, [] if is_local else [args.source]
 
 
-def build_spec(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path,
-               quantization: str | None = None) -> ModelSpec:  # fmt: skip
+def build_spec(
+    args: argparse.Namespace,
+    loaded: families.Loaded,
+    aliases: list[str],
+    out: Path,
+    quantization: str | None = None,
+) -> ModelSpec:
     # A random-init source is an architecture name, never a path, even if a file of that name exists
     # (e.g. `--out tiny-clip` run from the parent dir): the gate rebuilds the model from this name.
     is_path = not args.random_init and Path(args.source).exists()
@@ -105,10 +126,14 @@ def export_fp32(args: argparse.Namespace, loaded: families.Loaded, aliases: list
     export_onnx(loaded.exportable(args.pooling, height, width), out / ONNX_FILE, height, width, args.opset)
     write_spec(build_spec(args, loaded, aliases, out), out / SPEC_FILE)
     log.info("exported %s; running the parity gate against PyTorch", out)
-    return report_outcome(run_gate(out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images)))
+    return report_outcome(
+        run_gate(out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images))
+    )
 
 
-def export_quantized(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], scratch: Path) -> int:
+def export_quantized(
+    args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], scratch: Path
+) -> int:
     """fp32 export (gated) in scratch, then the int8 graph in args.out gated by cosine to fp32."""
     fp32_dir = scratch / "fp32" / args.out.name
     if export_fp32(args, loaded, aliases, fp32_dir) != 0:
@@ -137,7 +162,9 @@ def export_model(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     return export_model(parse_args(argv))
 
 

@@ -19,7 +19,9 @@ import torch
 DEFAULT_OPSET = 17
 
 
-def export_onnx(module: torch.nn.Module, path: Path, height: int, width: int, opset: int = DEFAULT_OPSET) -> None:
+def export_onnx(
+    module: torch.nn.Module, path: Path, height: int, width: int, opset: int = DEFAULT_OPSET
+) -> None:
     dummy = torch.zeros(2, 3, height, width)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes

@@ -91,7 +91,11 @@ def load(family: str, source: str, pooling: str) -> Loaded:
     if family == "clip":
         clip = CLIPModel.from_pretrained(source).eval()
         return Loaded(
-            family, clip, processor, lambda px: clip.get_image_features(pixel_values=px), clip.config.projection_dim
+            family,
+            clip,
+            processor,
+            lambda px: clip.get_image_features(pixel_values=px),
+            clip.config.projection_dim,
         )
     dino = Dinov2Model.from_pretrained(source).eval()
     width = dino.config.hidden_size * (2 if pooling == "cls+mean" else 1)

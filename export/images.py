@@ -118,9 +118,7 @@ def _shape_labels(rng: np.random.Generator, width: int, height: int, count: int)
     return np.asarray(_draw_shapes(rng, labels, range(1, count + 1)))
 
 
-def _add_checker(
-    rng: np.random.Generator, pixels: np.ndarray, a: np.ndarray, b: np.ndarray
-) -> None:
+def _add_checker(rng: np.random.Generator, pixels: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """Paint, in place, a 1-px checkerboard patch of colours ``a``/``b`` (maximal frequency)."""
     height, width = pixels.shape[:2]
     if width < 8 or height < 8:
@@ -232,8 +230,7 @@ def _encode(name: str, image: Image.Image, **save: Any) -> ParityImage:
 def _build(seed: int, make: _Maker, specs: list[_Spec]) -> list[ParityImage]:
     """Generate (from the per-name random stream) and encode every spec."""
     return [
-        _encode(name, make(_rng(seed, name), width, height), **save)
-        for name, (width, height), save in specs
+        _encode(name, make(_rng(seed, name), width, height), **save) for name, (width, height), save in specs
     ]
 
 
@@ -246,136 +243,198 @@ _JPEG_420: dict[str, Any] = {"quality": 90, "subsampling": 2}  # read-only, unpa
 
 def _photo_images(seed: int) -> list[ParityImage]:
     """RGB photo-like images at common and odd sizes in every RGB-capable format."""
-    return _build(seed, _photo, [
-        ("photo_640x480.jpg", (640, 480), _JPEG_420),
-        ("photo_480x640_progressive.jpg", (480, 640),
-         {"quality": 85, "subsampling": 2, "progressive": True}),
-        ("photo_1024x768_444.jpg", (1024, 768), {"quality": 95, "subsampling": 0}),
-        ("photo_500x333_422_progressive.jpg", (500, 333),
-         {"quality": 90, "subsampling": 1, "progressive": True}),
-        ("photo_224x224.png", (224, 224), {}),
-        ("photo_225x223.png", (225, 223), {}),
-        ("photo_500x333_lossy.webp", (500, 333), {"quality": 80, "method": 4}),
-        ("photo_225x223_lossless.webp", (225, 223), {"lossless": True, "quality": 50, "method": 2}),
-        ("photo_640x480.bmp", (640, 480), {}),
-        ("photo_333x500_lzw.tiff", (333, 500), {"compression": "tiff_lzw"}),
-    ])
+    return _build(
+        seed,
+        _photo,
+        [
+            ("photo_640x480.jpg", (640, 480), _JPEG_420),
+            (
+                "photo_480x640_progressive.jpg",
+                (480, 640),
+                {"quality": 85, "subsampling": 2, "progressive": True},
+            ),
+            ("photo_1024x768_444.jpg", (1024, 768), {"quality": 95, "subsampling": 0}),
+            (
+                "photo_500x333_422_progressive.jpg",
+                (500, 333),
+                {"quality": 90, "subsampling": 1, "progressive": True},
+            ),
+            ("photo_224x224.png", (224, 224), {}),
+            ("photo_225x223.png", (225, 223), {}),
+            ("photo_500x333_lossy.webp", (500, 333), {"quality": 80, "method": 4}),
+            ("photo_225x223_lossless.webp", (225, 223), {"lossless": True, "quality": 50, "method": 2}),
+            ("photo_640x480.bmp", (640, 480), {}),
+            ("photo_333x500_lzw.tiff", (333, 500), {"compression": "tiff_lzw"}),
+        ],
+    )
 
 
 def _tiny_images(seed: int) -> list[ParityImage]:
     """Images of at most 16 px per side (smaller than the model input on both axes)."""
-    return _build(seed, _photo, [
-        ("tiny_1x1.png", (1, 1), {}),
-        ("tiny_2x2.jpg", (2, 2), _JPEG_420),
-        ("tiny_7x5.png", (7, 5), {}),
-        ("tiny_16x16.jpg", (16, 16), {"quality": 90, "subsampling": 0}),
-    ])
+    return _build(
+        seed,
+        _photo,
+        [
+            ("tiny_1x1.png", (1, 1), {}),
+            ("tiny_2x2.jpg", (2, 2), _JPEG_420),
+            ("tiny_7x5.png", (7, 5), {}),
+            ("tiny_16x16.jpg", (16, 16), {"quality": 90, "subsampling": 0}),
+        ],
+    )
 
 
 def _thin_images(seed: int) -> list[ParityImage]:
     """Images exactly 1 or 3 px high or wide (documented resize edge cases)."""
-    return _build(seed, _photo, [
-        ("strip_50x1.png", (50, 1), {}),
-        ("strip_40x3.jpg", (40, 3), _JPEG_420),
-        ("strip_1x50.png", (1, 50), {}),
-        ("strip_3x40.jpg", (3, 40), _JPEG_420),
-    ])
+    return _build(
+        seed,
+        _photo,
+        [
+            ("strip_50x1.png", (50, 1), {}),
+            ("strip_40x3.jpg", (40, 3), _JPEG_420),
+            ("strip_1x50.png", (1, 50), {}),
+            ("strip_3x40.jpg", (3, 40), _JPEG_420),
+        ],
+    )
 
 
 def _aspect_images(seed: int) -> list[ParityImage]:
     """Extreme aspect ratios (100:1 both ways, and 10:1)."""
-    return _build(seed, _photo, [
-        ("wide_2000x20.jpg", (2000, 20), _JPEG_420),
-        ("tall_20x2000.png", (20, 2000), {}),
-        ("wide_1000x100_lossy.webp", (1000, 100), {"quality": 75, "method": 4}),
-    ])
+    return _build(
+        seed,
+        _photo,
+        [
+            ("wide_2000x20.jpg", (2000, 20), _JPEG_420),
+            ("tall_20x2000.png", (20, 2000), {}),
+            ("wide_1000x100_lossy.webp", (1000, 100), {"quality": 75, "method": 4}),
+        ],
+    )
 
 
 def _huge_images(seed: int) -> list[ParityImage]:
     """Images with a side of at least 4000 px."""
-    return _build(seed, _photo, [
-        ("huge_4000x3000.jpg", (4000, 3000), {"quality": 85, "subsampling": 2}),
-        ("huge_4096x64.png", (4096, 64), {"compress_level": 1}),
-    ])
+    return _build(
+        seed,
+        _photo,
+        [
+            ("huge_4000x3000.jpg", (4000, 3000), {"quality": 85, "subsampling": 2}),
+            ("huge_4096x64.png", (4096, 64), {"compress_level": 1}),
+        ],
+    )
 
 
 def _gray_images(seed: int) -> list[ParityImage]:
     """Greyscale ("L") images."""
+
     def gray(rng: np.random.Generator, width: int, height: int) -> Image.Image:
         return _photo(rng, width, height, "L")
 
-    return _build(seed, gray, [
-        ("gray_320x240.png", (320, 240), {}),
-        ("gray_320x240.jpg", (320, 240), {"quality": 90}),
-    ])
+    return _build(
+        seed,
+        gray,
+        [
+            ("gray_320x240.png", (320, 240), {}),
+            ("gray_320x240.jpg", (320, 240), {"quality": 90}),
+        ],
+    )
 
 
 def _gray_alpha_images(seed: int) -> list[ParityImage]:
     """Greyscale + alpha ("LA") images."""
+
     def gray_alpha(rng: np.random.Generator, width: int, height: int) -> Image.Image:
         return _with_alpha(rng, _photo(rng, width, height, "L"))
 
-    return _build(seed, gray_alpha, [
-        ("gray_alpha_200x150.png", (200, 150), {}),
-        ("gray_alpha_200x150_deflate.tiff", (200, 150), {"compression": "tiff_deflate"}),
-    ])
+    return _build(
+        seed,
+        gray_alpha,
+        [
+            ("gray_alpha_200x150.png", (200, 150), {}),
+            ("gray_alpha_200x150_deflate.tiff", (200, 150), {"compression": "tiff_deflate"}),
+        ],
+    )
 
 
 def _palette_images(seed: int) -> list[ParityImage]:
     """Palette ("P") images; PNG/GIF carry ``transparency`` (one index, or a PNG
     per-index alpha table)."""
     alpha_table = bytes([0, 64, 128, 192] + [255] * 252)  # PNG tRNS: per-index alpha
-    return _build(seed, _palette, [
-        ("palette_200x150_tindex.png", (200, 150), {"transparency": 255}),
-        ("palette_200x150_talpha.png", (200, 150), {"transparency": alpha_table}),
-        ("palette_200x150.gif", (200, 150), {"transparency": 255, "optimize": False}),
-        ("palette_160x120.bmp", (160, 120), {}),
-    ])
+    return _build(
+        seed,
+        _palette,
+        [
+            ("palette_200x150_tindex.png", (200, 150), {"transparency": 255}),
+            ("palette_200x150_talpha.png", (200, 150), {"transparency": alpha_table}),
+            ("palette_200x150.gif", (200, 150), {"transparency": 255, "optimize": False}),
+            ("palette_160x120.bmp", (160, 120), {}),
+        ],
+    )
 
 
 def _rgba_images(seed: int) -> list[ParityImage]:
     """RGBA images with smooth, fully clear and fully opaque alpha regions."""
+
     def rgba(rng: np.random.Generator, width: int, height: int) -> Image.Image:
         return _with_alpha(rng, _photo(rng, width, height))
 
-    return _build(seed, rgba, [
-        ("rgba_256x192.png", (256, 192), {}),
-        ("rgba_256x192_lossless.webp", (256, 192),
-         {"lossless": True, "exact": True, "quality": 50, "method": 2}),
-        ("rgba_256x192_lossy.webp", (256, 192), {"quality": 80, "method": 4}),
-        ("rgba_256x192_deflate.tiff", (256, 192), {"compression": "tiff_deflate"}),
-    ])
+    return _build(
+        seed,
+        rgba,
+        [
+            ("rgba_256x192.png", (256, 192), {}),
+            (
+                "rgba_256x192_lossless.webp",
+                (256, 192),
+                {"lossless": True, "exact": True, "quality": 50, "method": 2},
+            ),
+            ("rgba_256x192_lossy.webp", (256, 192), {"quality": 80, "method": 4}),
+            ("rgba_256x192_deflate.tiff", (256, 192), {"compression": "tiff_deflate"}),
+        ],
+    )
 
 
 def _cmyk_images(seed: int) -> list[ParityImage]:
     """CMYK images (random K channel, unlike a naive RGB->CMYK convert where K = 0)."""
+
     def cmyk(rng: np.random.Generator, width: int, height: int) -> Image.Image:
         return _photo(rng, width, height, "CMYK")
 
-    return _build(seed, cmyk, [
-        ("cmyk_300x200.jpg", (300, 200), {"quality": 90}),
-        ("cmyk_300x200.tiff", (300, 200), {}),
-    ])
+    return _build(
+        seed,
+        cmyk,
+        [
+            ("cmyk_300x200.jpg", (300, 200), {"quality": 90}),
+            ("cmyk_300x200.tiff", (300, 200), {}),
+        ],
+    )
 
 
 def _sixteen_bit_images(seed: int) -> list[ParityImage]:
     """16-bit greyscale ("I;16") images."""
-    return _build(seed, _sixteen_bit, [
-        ("depth16_256x256.png", (256, 256), {}),
-        ("depth16_255x257_lzw.tiff", (255, 257), {"compression": "tiff_lzw"}),
-    ])
+    return _build(
+        seed,
+        _sixteen_bit,
+        [
+            ("depth16_256x256.png", (256, 256), {}),
+            ("depth16_255x257_lzw.tiff", (255, 257), {"compression": "tiff_lzw"}),
+        ],
+    )
 
 
 def _bilevel_images(seed: int) -> list[ParityImage]:
     """Bilevel ("1") images: Floyd-Steinberg-dithered photos (very high frequency)."""
+
     def bilevel(rng: np.random.Generator, width: int, height: int) -> Image.Image:
         return _photo(rng, width, height, "L").convert("1")
 
-    return _build(seed, bilevel, [
-        ("bilevel_200x100.png", (200, 100), {}),
-        ("bilevel_201x99.bmp", (201, 99), {}),
-        ("bilevel_200x100_group4.tiff", (200, 100), {"compression": "group4"}),
-    ])
+    return _build(
+        seed,
+        bilevel,
+        [
+            ("bilevel_200x100.png", (200, 100), {}),
+            ("bilevel_201x99.bmp", (201, 99), {}),
+            ("bilevel_200x100_group4.tiff", (200, 100), {"compression": "group4"}),
+        ],
+    )
 
 
 _GENERATORS: tuple[Callable[[int], list[ParityImage]], ...] = (
@@ -414,9 +473,7 @@ def parity_images(seed: int = 0, *, include_huge: bool = True) -> list[ParityIma
     return images
 
 
-def write_parity_images(
-    directory: Path, seed: int = 0, *, include_huge: bool = True
-) -> list[Path]:
+def write_parity_images(directory: Path, seed: int = 0, *, include_huge: bool = True) -> list[Path]:
     """Write every image of the set to ``directory`` (created if missing) under its name."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,9 @@ class Criterion:
         return ok
 
 
-FP32 = Criterion("pixels bit-identical; max-abs of L2-normalised embeddings <= 1e-6", "PyTorch (HF processor + model)")
+FP32 = Criterion(
+    "pixels bit-identical; max-abs of L2-normalised embeddings <= 1e-6", "PyTorch (HF processor + model)"
+)
 INT8 = Criterion(
     f"pixels bit-identical; cosine >= {INT8_MIN_COSINE} to the fp32 graph",
     "fp32 ONNX graph on the same pixels",
@@ -105,7 +107,12 @@ class GateReport:
     @property
     def verified(self) -> bool:
         batch_ok = self.batch_normalized_max_abs <= TOLERANCE or not self.batch_invariance_required
-        return bool(self.images) and all(r.passed for r in self.images) and batch_ok and self.spec_names_this_graph
+        return (
+            bool(self.images)
+            and all(r.passed for r in self.images)
+            and batch_ok
+            and self.spec_names_this_graph
+        )
 
     def summary(self) -> Parity:
         return Parity(
@@ -132,10 +139,14 @@ class GateReport:
         batch = "ok" if self.batch_normalized_max_abs <= TOLERANCE else "FAIL"
         if not self.batch_invariance_required:
             batch = "recorded (model is not batch-invariant: served one image per run)"
-        lines.append(f"batch of {len(self.images)} vs one-at-a-time: {self.batch_normalized_max_abs:.3e}  {batch}")
+        lines.append(
+            f"batch of {len(self.images)} vs one-at-a-time: {self.batch_normalized_max_abs:.3e}  {batch}"
+        )
         lines.append(f"criterion: {self.criterion.description}; reference: {self.criterion.reference}")
         if not self.spec_names_this_graph:
-            lines.append(f"FAIL: model.json's onnx_sha256 is not this graph's ({self.onnx_sha256}); the server would refuse it")
+            lines.append(
+                f"FAIL: model.json's onnx_sha256 is not this graph's ({self.onnx_sha256}); the server would refuse it"
+            )
         return "\n".join(lines)
 
 
@@ -167,8 +178,14 @@ def torch_reference(loaded: families.Loaded) -> Reference:
     return embed
 
 
-def compare_image(item: ParityImage, processor: object, reference: Reference, criterion: Criterion,
-                  pre: Preprocessor, session: object) -> tuple[ImageResult, np.ndarray]:  # fmt: skip
+def compare_image(
+    item: ParityImage,
+    processor: object,
+    reference: Reference,
+    criterion: Criterion,
+    pre: Preprocessor,
+    session: object,
+) -> tuple[ImageResult, np.ndarray]:
     pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
     ref_pixels, data_format, note = _reference_pixels(processor, pil)
     ours_pixels = pre.from_bytes(item.data)
@@ -192,8 +209,13 @@ def compare_image(item: ParityImage, processor: object, reference: Reference, cr
     return result, ours_pixels
 
 
-def run_gate(model_dir: Path, loaded: families.Loaded, images: list[ParityImage],
-             reference: Reference | None = None, criterion: Criterion = FP32) -> GateReport:  # fmt: skip
+def run_gate(
+    model_dir: Path,
+    loaded: families.Loaded,
+    images: list[ParityImage],
+    reference: Reference | None = None,
+    criterion: Criterion = FP32,
+) -> GateReport:
     """Compare every image, then the whole set as one batch; write parity.json and model.json.
 
     The reference is PyTorch unless given (a quantised graph is held to its fp32 graph)."""
@@ -271,7 +293,9 @@ def report_outcome(report: GateReport) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--images", type=Path, help="a folder of extra images (e.g. real photos) to add to the set")
+    parser.add_argument(
+        "--images", type=Path, help="a folder of extra images (e.g. real photos) to add to the set"
+    )
     parser.add_argument("--no-huge", action="store_true", help="leave out the >= 4000 px images (faster)")
     args = parser.parse_args(argv)
     spec = load_spec(args.model_dir / SPEC_FILE)
@@ -285,8 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     return report_outcome(report)
 
 
-def _quantized_gate(model_dir: Path, spec: ModelSpec, loaded: families.Loaded, images: list[ParityImage],
-                    scratch: Path) -> GateReport:  # fmt: skip
+def _quantized_gate(
+    model_dir: Path, spec: ModelSpec, loaded: families.Loaded, images: list[ParityImage], scratch: Path
+) -> GateReport:
     """A quantised model is held to its fp32 graph, re-exported here from the same checkpoint."""
     from .convert import export_onnx
     from .quantize import fp32_reference

@@ -19,9 +19,13 @@ def preprocessing_from_processor(processor: Any) -> Preprocessing:
     """Read every value the slow processor uses; refuse anything this pipeline cannot reproduce."""
     name = type(processor).__name__
     if name not in SUPPORTED_PROCESSORS:
-        raise UnsupportedProcessor(f"image processor {name} is not supported (supported: {SUPPORTED_PROCESSORS})")
+        raise UnsupportedProcessor(
+            f"image processor {name} is not supported (supported: {SUPPORTED_PROCESSORS})"
+        )
     if getattr(processor, "do_convert_rgb", True) is False:
-        raise UnsupportedProcessor("do_convert_rgb=False is not supported: the pipeline always converts to RGB")
+        raise UnsupportedProcessor(
+            "do_convert_rgb=False is not supported: the pipeline always converts to RGB"
+        )
     resample = int(processor.resample)
     if resample not in _RESAMPLE_NAMES:
         raise UnsupportedProcessor(f"unknown resample code {resample}")

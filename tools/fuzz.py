@@ -75,9 +75,18 @@ def job(index: int, campaign: Campaign, corpus: Path) -> None:
         artifacts = work / "artifacts"
         artifacts.mkdir(parents=True, exist_ok=True)
         seed = random.SystemRandom().randrange(1, 2**31) if campaign.seed is None else campaign.seed + index
-        launch = fuzz_command(work, str(corpus), f"-seed={seed}", f"-max_total_time={left}",
-                              f"-artifact_prefix={artifacts}/", f"-max_len={campaign.max_len}", "-timeout=60",
-                              "-rss_limit_mb=4096", "-print_final_stats=1", record_dir=campaign.findings)  # fmt: skip
+        launch = fuzz_command(
+            work,
+            str(corpus),
+            f"-seed={seed}",
+            f"-max_total_time={left}",
+            f"-artifact_prefix={artifacts}/",
+            f"-max_len={campaign.max_len}",
+            "-timeout=60",
+            "-rss_limit_mb=4096",
+            "-print_final_stats=1",
+            record_dir=campaign.findings,
+        )
         print(f"job {index}: seed {seed}, {left} s", flush=True)
         process = launch.run(timeout=left + 300)
         output = process.stdout + process.stderr
@@ -109,13 +118,19 @@ def keep(artifact: Path, output: str, folder: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=600.0, help="campaign length (default 600)")
     parser.add_argument("--jobs", type=int, default=2, help="libFuzzer processes at once (default 2)")
     parser.add_argument("--max-len", type=int, default=16384, help="largest input in bytes (default 16384)")
     parser.add_argument("--seed", type=int, help="libFuzzer seed of job 0 (job i: seed + i); default random")
-    parser.add_argument("--findings", type=Path, default=FINDINGS, help="where findings go (default: the regression corpus)")
-    parser.add_argument("--state", type=Path, default=REPO / ".fuzz", help="corpus kept between campaigns (default .fuzz)")
+    parser.add_argument(
+        "--findings", type=Path, default=FINDINGS, help="where findings go (default: the regression corpus)"
+    )
+    parser.add_argument(
+        "--state", type=Path, default=REPO / ".fuzz", help="corpus kept between campaigns (default .fuzz)"
+    )
     args = parser.parse_args()
     before = {p.name for p in args.findings.iterdir()}
     corpus = prepare(args.state)
@@ -129,11 +144,15 @@ def main() -> int:
         shutil.rmtree(args.state / f"job{index}", ignore_errors=True)
     new = sorted({p.name for p in args.findings.iterdir()} - before)
     elapsed = time.monotonic() - campaign.started
-    print(f"\nfuzz campaign: {elapsed:.0f} s, {args.jobs} jobs, {campaign.launches} launches, "
-          f"{campaign.executions} executions ({campaign.executions / max(elapsed, 1):.0f}/s), "
-          f"corpus {len(list(corpus.iterdir()))} files, {len(new)} new findings")  # fmt: skip
+    print(
+        f"\nfuzz campaign: {elapsed:.0f} s, {args.jobs} jobs, {campaign.launches} launches, "
+        f"{campaign.executions} executions ({campaign.executions / max(elapsed, 1):.0f}/s), "
+        f"corpus {len(list(corpus.iterdir()))} files, {len(new)} new findings"
+    )
     for name in new:
-        print(f"  {args.findings / name}\n    replay: .venv/bin/python -m tests.hardening.fuzz_target {args.findings / name}")
+        print(
+            f"  {args.findings / name}\n    replay: .venv/bin/python -m tests.hardening.fuzz_target {args.findings / name}"
+        )
     if new:
         print("  then: .venv/bin/pytest tests/hardening/test_fuzz_findings.py (fails until each is fixed)")
     return 1 if new else 0

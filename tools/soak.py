@@ -84,7 +84,12 @@ def _png_header(width: int, height: int) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(bytes(64))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(bytes(64)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def invalid_images(rng: np.random.Generator, valid: list[bytes]) -> list[bytes]:
@@ -128,8 +133,20 @@ def rss_mib(pid: int) -> float:
 
 def start_server(models_dir: Path, extra: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
     address = f"127.0.0.1:{free_port()}"
-    argv = [sys.executable, "-m", "embedder", "serve", "--address", address, "--models-dir", str(models_dir),
-            "--preload", "--log-level", "WARNING", *extra]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "embedder",
+        "serve",
+        "--address",
+        address,
+        "--models-dir",
+        str(models_dir),
+        "--preload",
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -200,8 +217,9 @@ def median_between(samples: list[tuple[float, float]], start: float, end: float)
     return statistics.median(values) if values else float("nan")
 
 
-def summarise(samples: list[tuple[float, float]], tally: Tally, seconds: float, window: float,
-              warmup: float) -> dict[str, object]:  # fmt: skip
+def summarise(
+    samples: list[tuple[float, float]], tally: Tally, seconds: float, window: float, warmup: float
+) -> dict[str, object]:
     first = median_between(samples, warmup, warmup + window)
     last = median_between(samples, seconds - window, seconds)
     latencies = sorted(tally.latencies) or [float("nan")]
@@ -230,13 +248,20 @@ def run(args: argparse.Namespace) -> int:
         wait_serving(process, address)
         model = args.model or first_model(address)
         seconds = args.minutes * 60
-        print(f"soak: {model} on {address} (pid {process.pid}), {args.concurrency} callers for {seconds:.0f} s; "
-              f"server log {log_path}", flush=True)  # fmt: skip
+        print(
+            f"soak: {model} on {address} (pid {process.pid}), {args.concurrency} callers for {seconds:.0f} s; "
+            f"server log {log_path}",
+            flush=True,
+        )
         tally = Tally()
         started = time.monotonic()
         until = started + seconds
-        threads = [threading.Thread(target=caller, args=(address, model, traffic, until, tally, args.seed + i),
-                                    daemon=True) for i in range(args.concurrency)]  # fmt: skip
+        threads = [
+            threading.Thread(
+                target=caller, args=(address, model, traffic, until, tally, args.seed + i), daemon=True
+            )
+            for i in range(args.concurrency)
+        ]
         for thread in threads:
             thread.start()
         samples: list[tuple[float, float]] = []
@@ -264,8 +289,10 @@ def run(args: argparse.Namespace) -> int:
                 process.kill()
     summary["exit_code"] = process.returncode
     print(json.dumps(summary, indent=2))
-    print(f"RSS drift (median of {summary['window_s']} s after {summary['warmup_s']} s -> median of the last "
-          f"{summary['window_s']} s): {summary['rss_drift_pct']:+.2f} %")  # fmt: skip
+    print(
+        f"RSS drift (median of {summary['window_s']} s after {summary['warmup_s']} s -> median of the last "
+        f"{summary['window_s']} s): {summary['rss_drift_pct']:+.2f} %"
+    )
     unexpected = set(tally.codes) - EXPECTED
     if unexpected:
         print(f"soak: unexpected statuses {sorted(unexpected)}; see {log_path}")
@@ -281,12 +308,20 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="closed-loop callers (default 8)")
     parser.add_argument("--invalid-fraction", type=float, default=0.2, help="requests with an invalid image")
     parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval (default 5 s)")
-    parser.add_argument("--window-s", type=float, default=60.0, help="first/last window for the drift (default 60 s)")
-    parser.add_argument("--warmup-s", type=float, default=0.0,
-                        help="leave the first seconds out of the first window (allocator and arena warm-up)")
+    parser.add_argument(
+        "--window-s", type=float, default=60.0, help="first/last window for the drift (default 60 s)"
+    )
+    parser.add_argument(
+        "--warmup-s",
+        type=float,
+        default=0.0,
+        help="leave the first seconds out of the first window (allocator and arena warm-up)",
+    )
     parser.add_argument("--max-drift-pct", type=float, help="exit 1 if the drift is above this")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--server-arg", action="append", default=[], help="extra `embedder serve` flag (repeatable)")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra `embedder serve` flag (repeatable)"
+    )
     return run(parser.parse_args())
 
 

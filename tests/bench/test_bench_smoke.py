@@ -16,13 +16,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path, export_model: ExportCli) -> None:
+def test_bench_smoke_run_measures_every_side(
+    models_root: Path, tmp_path: Path, export_model: ExportCli
+) -> None:
     int8 = models_root / "tiny-clip-int8"
     exported = export_model("clip", "tiny-clip", int8, "--random-init", "--quantize", "int8", "--no-huge")
     assert exported.returncode == 0, exported.stderr[-3000:]
     out = tmp_path / "bench"
-    command = [sys.executable, "-m", "bench", "--smoke", "--models-dir", str(models_root),
-               "--clip", "tiny-clip", "--dinov2", "tiny-dinov2", "--out", str(out)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--smoke",
+        "--models-dir",
+        str(models_root),
+        "--clip",
+        "tiny-clip",
+        "--dinov2",
+        "tiny-dinov2",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(command, check=False, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "results-smoke.json").read_text())
@@ -38,6 +52,15 @@ def test_bench_smoke_run_measures_every_side(models_root: Path, tmp_path: Path, 
         for run in model["service"] + int8_runs:
             assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
     report = (out / "RESULTS-smoke.md").read_text()
-    for needle in ("service_c16_over_ceiling_b8", "service_c16_over_pytorch_single", "p50_c1_over_b1_plus_decode",
-                   "measured in alternation", "int8 variant served alone", "int8_service_c16_over_pytorch_single", "Cold start to SERVING", "Resident memory", "at rest"):  # fmt: skip
+    for needle in (
+        "service_c16_over_ceiling_b8",
+        "service_c16_over_pytorch_single",
+        "p50_c1_over_b1_plus_decode",
+        "measured in alternation",
+        "int8 variant served alone",
+        "int8_service_c16_over_pytorch_single",
+        "Cold start to SERVING",
+        "Resident memory",
+        "at rest",
+    ):
         assert needle in report

@@ -38,8 +38,13 @@ class Offline:
 
 @pytest.fixture
 def server(models_root: Path):
-    settings = Settings(address="127.0.0.1:0", models_dir=models_root, preload=True, max_batch_size=16,
-                        max_batch_delay_ms=25.0)  # fmt: skip
+    settings = Settings(
+        address="127.0.0.1:0",
+        models_dir=models_root,
+        preload=True,
+        max_batch_size=16,
+        max_batch_delay_ms=25.0,
+    )
     server = EmbedderServer(settings)
     port = server.start()
     yield server, f"127.0.0.1:{port}"

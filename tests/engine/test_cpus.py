@@ -16,7 +16,9 @@ from embedder.cpus import cgroup_quota_cpus, plan_threads
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset not installed")
 def test_restricted_affinity_is_what_gets_planned() -> None:
     code = "from embedder.cpus import plan_threads; p = plan_threads(); print(p.cpus, p.intra_op, p.preprocess_workers)"
-    out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        ["taskset", "-c", "0", sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert out.stdout.split() == ["1", "1", "1"]
 
 

@@ -28,7 +28,9 @@ print(before, rss())
 def test_a_trim_returns_freed_heap_pages_to_the_os() -> None:
     out = subprocess.run([sys.executable, "-c", FREED_HEAP], check=True, capture_output=True, text=True)
     before_kb, after_kb = map(int, out.stdout.split())
-    print(f"\nRSS with ~190 MB freed in the heap: {before_kb // 1024} MB; after the trim {after_kb // 1024} MB")
+    print(
+        f"\nRSS with ~190 MB freed in the heap: {before_kb // 1024} MB; after the trim {after_kb // 1024} MB"
+    )
     assert before_kb - after_kb > 100 * 1024
 
 

@@ -45,11 +45,17 @@ print(*faults(plain, 6)[1:])
 
 
 def test_sessions_share_one_arena_and_reuse_their_activations(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", RUNS, str(tmp_path / "activations.onnx")],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", RUNS, str(tmp_path / "activations.onnx")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     shared, second_first_run, plain = ([int(f) for f in line.split()] for line in out.stdout.splitlines())
-    print(f"\npage faults per run: shared arena {shared}, a second session's first run {second_first_run}, "
-          f"no arena {plain}")
+    print(
+        f"\npage faults per run: shared arena {shared}, a second session's first run {second_first_run}, "
+        f"no arena {plain}"
+    )
     # 32 MB touched anew is 8192 faults; a few hundred would be stray pages of the run itself.
     assert max(shared) < 512
     assert second_first_run[0] < 512
@@ -91,10 +97,16 @@ print(idle_cpu_after_runs(open_session(sys.argv[1], 2)), idle_cpu_after_runs(con
 
 
 def test_threads_stop_spinning_when_a_run_returns(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-c", IDLE_AFTER_RUNS, str(tmp_path / "matmuls.onnx")],
-                         check=True, capture_output=True, text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", IDLE_AFTER_RUNS, str(tmp_path / "matmuls.onnx")],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     served, control = (float(f) for f in out.stdout.split())
-    print(f"\nCPU seconds in 1 s of idle gaps after runs: served session {served:.3f}, spinning control {control:.3f}")
+    print(
+        f"\nCPU seconds in 1 s of idle gaps after runs: served session {served:.3f}, spinning control {control:.3f}"
+    )
     # Measured here: 0.03 against 0.40. The threshold is 15% of one core over the gaps.
     assert served < 0.15
     assert control > 0.15  # the control: ORT's threads do keep spinning after a run by default

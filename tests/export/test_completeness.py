@@ -19,8 +19,9 @@ REPO_ROOT = Path(__file__).parents[2]
 def committed_models() -> list[str]:
     """Models whose model.json git tracks; `make bench` and `make models` leave other exports
     (the int8 variant) beside them, ignored by git."""
-    listed = subprocess.run(["git", "ls-files", "models/*/model.json"],
-                            cwd=REPO_ROOT, capture_output=True, text=True, check=False)  # fmt: skip
+    listed = subprocess.run(
+        ["git", "ls-files", "models/*/model.json"], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
     if listed.returncode != 0:  # not a git checkout: every model.json there is the committed one
         return sorted(path.parent.name for path in (REPO_ROOT / "models").glob("*/model.json"))
     return sorted(Path(line).parent.name for line in listed.stdout.split())

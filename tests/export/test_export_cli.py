@@ -400,7 +400,9 @@ BAD_USES = {
 }
 
 
-def test_invalid_model_name_is_refused_before_any_work(export_model: Callable[..., Any], tmp_path: Path) -> None:
+def test_invalid_model_name_is_refused_before_any_work(
+    export_model: Callable[..., Any], tmp_path: Path
+) -> None:
     out = tmp_path / "Bad+Name"
     process = export_model("clip", "tiny-clip", out, "--random-init")
     assert process.returncode != 0

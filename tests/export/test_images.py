@@ -17,14 +17,28 @@ REQUIRED_MODES = {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"}
 REQUIRED_FORMATS = {"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 # The (mode, format) pairs the set promises to cover; each one round-trips its mode in Pillow.
 REQUIRED_PAIRS = {
-    ("RGB", "JPEG"), ("RGB", "PNG"), ("RGB", "WEBP"), ("RGB", "BMP"), ("RGB", "TIFF"),
-    ("L", "PNG"), ("L", "JPEG"),
-    ("LA", "PNG"), ("LA", "TIFF"),
-    ("P", "PNG"), ("P", "GIF"), ("P", "BMP"),
-    ("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"),
-    ("CMYK", "JPEG"), ("CMYK", "TIFF"),
-    ("I;16", "PNG"), ("I;16", "TIFF"),
-    ("1", "PNG"), ("1", "BMP"), ("1", "TIFF"),
+    ("RGB", "JPEG"),
+    ("RGB", "PNG"),
+    ("RGB", "WEBP"),
+    ("RGB", "BMP"),
+    ("RGB", "TIFF"),
+    ("L", "PNG"),
+    ("L", "JPEG"),
+    ("LA", "PNG"),
+    ("LA", "TIFF"),
+    ("P", "PNG"),
+    ("P", "GIF"),
+    ("P", "BMP"),
+    ("RGBA", "PNG"),
+    ("RGBA", "WEBP"),
+    ("RGBA", "TIFF"),
+    ("CMYK", "JPEG"),
+    ("CMYK", "TIFF"),
+    ("I;16", "PNG"),
+    ("I;16", "TIFF"),
+    ("1", "PNG"),
+    ("1", "BMP"),
+    ("1", "TIFF"),
 }
 EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif", "BMP": ".bmp", "TIFF": ".tiff"}
 
@@ -93,8 +107,9 @@ def test_names_unique_and_filename_like(images: list[ParityImage]) -> None:
 def test_every_image_decodes_as_declared(images: list[ParityImage]) -> None:
     for image in images:
         with _open(image) as decoded:
-            assert (decoded.mode, decoded.format, decoded.size) == (
-                image.mode, image.format, image.size), image.name
+            assert (decoded.mode, decoded.format, decoded.size) == (image.mode, image.format, image.size), (
+                image.name
+            )
             decoded.load()
             rgb = decoded.convert("RGB")
         assert rgb.mode == "RGB" and rgb.size == image.size, image.name

@@ -39,7 +39,9 @@ def test_int8_export_passes_its_cosine_gate_and_is_labelled(int8_dir: Path) -> N
         assert image["pixel_max_abs"] == 0.0 and image["cosine"] >= INT8_MIN_COSINE, image["name"]
 
 
-def test_int8_rows_depend_on_batch_mates_so_the_server_runs_them_alone(int8_dir: Path, tmp_path: Path) -> None:
+def test_int8_rows_depend_on_batch_mates_so_the_server_runs_them_alone(
+    int8_dir: Path, tmp_path: Path
+) -> None:
     spec = load_spec(int8_dir / "model.json")
     pre = Preprocessor(spec.preprocessing)
     session = open_session(int8_dir / spec.onnx_file, 1)

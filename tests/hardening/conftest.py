@@ -39,7 +39,9 @@ DINO = "tiny-dinov2"
 
 
 @pytest.fixture(scope="session")
-def hardening_models(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> Path:
+def hardening_models(
+    tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_dinov2_dir: Path
+) -> Path:
     """A models dir with copies of both tiny exports, under their exported names (read-only)."""
     root = tmp_path_factory.mktemp("hardening-models")
     for source in (tiny_clip_dir, tiny_dinov2_dir):
@@ -72,7 +74,9 @@ class Served:
     health_stub: health_pb2_grpc.HealthStub = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.address, options=channel_options(self.max_message_bytes, False))
+        self.channel = grpc.insecure_channel(
+            self.address, options=channel_options(self.max_message_bytes, False)
+        )
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
@@ -95,7 +99,9 @@ class Served:
 
 @contextmanager
 def serving(models_dir: Path, **overrides: Any) -> Iterator[Served]:
-    settings = Settings(address="127.0.0.1:0", models_dir=models_dir, **{"shutdown_grace_s": 0.0, **overrides})
+    settings = Settings(
+        address="127.0.0.1:0", models_dir=models_dir, **{"shutdown_grace_s": 0.0, **overrides}
+    )
     server = EmbedderServer(settings)
     try:
         served = Served(server, f"127.0.0.1:{server.start()}", settings.max_message_bytes)
@@ -111,7 +117,9 @@ def serving(models_dir: Path, **overrides: Any) -> Iterator[Served]:
 def serve(hardening_models: Path) -> Iterator[Callable[..., Served]]:
     """`serve(**settings)` -> a started server over the tiny models, stopped after the test."""
     with ExitStack() as stack:
-        yield lambda models_dir=hardening_models, **overrides: stack.enter_context(serving(models_dir, **overrides))
+        yield lambda models_dir=hardening_models, **overrides: stack.enter_context(
+            serving(models_dir, **overrides)
+        )
 
 
 class Offline:
@@ -120,7 +128,9 @@ class Offline:
 
     def __init__(self, model_dir: Path, settings: Settings, intra_op_threads: int) -> None:
         spec = load_spec(model_dir / SPEC_FILE)
-        limits = DecodeLimits(max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels)
+        limits = DecodeLimits(
+            max_pixels=settings.max_image_pixels, max_resized_pixels=settings.max_resized_pixels
+        )
         self.preprocessor = Preprocessor(spec.preprocessing, limits)
         self.session = open_session(model_dir / spec.onnx_file, intra_op_threads)
 

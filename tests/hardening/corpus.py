@@ -56,7 +56,14 @@ def picture(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB")
     """Smooth gradients plus noise: real content, so a wrong frame or crop changes the vector."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width]
-    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 127 // max(width + height - 2, 1)], -1)
+    base = np.stack(
+        [
+            x * 255 // max(width - 1, 1),
+            y * 255 // max(height - 1, 1),
+            (x + y) * 127 // max(width + height - 2, 1),
+        ],
+        -1,
+    )
     shift = (seed * 23) % 64 - 32  # each seed its own tint, never saturated
     pixels = np.clip(base + rng.integers(-40, 40, base.shape) + shift, 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB").convert(mode)
@@ -81,7 +88,13 @@ def chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
 def png(width: int, height: int, idat: bytes, *extra: bytes, depth: int = 8, color: int = 2) -> bytes:
     """A PNG assembled chunk by chunk, so the header may claim anything (valid CRCs throughout)."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + b"".join(extra) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + b"".join(extra)
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def cut(data: bytes, fraction: float = 0.5) -> bytes:
@@ -118,9 +131,17 @@ def tiff(entries: list[tuple[int, int, int, int]], tail: bytes = b"", next_ifd: 
 
 def grey_tiff_entries(width: int, height: int, offset: int, count: int) -> list[tuple[int, int, int, int]]:
     short, long = 3, 4
-    return [(256, long, 1, width), (257, long, 1, height), (258, short, 1, 8), (259, short, 1, 1),
-            (262, short, 1, 1), (273, long, 1, offset), (277, short, 1, 1), (278, long, 1, height),
-            (279, long, 1, count)]  # fmt: skip
+    return [
+        (256, long, 1, width),
+        (257, long, 1, height),
+        (258, short, 1, 8),
+        (259, short, 1, 1),
+        (262, short, 1, 1),
+        (273, long, 1, offset),
+        (277, short, 1, 1),
+        (278, long, 1, height),
+        (279, long, 1, count),
+    ]
 
 
 def jpeg_marker_body(data: bytes, marker: bytes) -> int:
@@ -180,13 +201,21 @@ def _animated(fmt: str, **params: object) -> bytes:
 
 
 def _garbage_cases() -> list[Case]:
-    magics = {"png": b"\x89PNG\r\n\x1a\n", "jpeg": b"\xff\xd8\xff\xe0", "gif": b"GIF89a", "bmp": b"BM",
-              "tiff": b"II*\x00", "webp": b"RIFF\x00\x10\x00\x00WEBPVP8 "}  # fmt: skip
+    magics = {
+        "png": b"\x89PNG\r\n\x1a\n",
+        "jpeg": b"\xff\xd8\xff\xe0",
+        "gif": b"GIF89a",
+        "bmp": b"BM",
+        "tiff": b"II*\x00",
+        "webp": b"RIFF\x00\x10\x00\x00WEBPVP8 ",
+    }
     cases = [Case("empty", b"", "invalid", ("empty",)), Case("one_byte", b"\xff", "invalid")]
     for seed, size in ((0, 16), (1, 1024), (2, 65_536), (3, 1 << 20)):
         cases.append(Case(f"random_{size}B", random_bytes(seed, size), "invalid", (UNSUPPORTED,)))
-    cases += [Case(f"random_after_{name}_magic", random_bytes(10 + i, 4096, magic), "invalid")
-              for i, (name, magic) in enumerate(magics.items())]  # fmt: skip
+    cases += [
+        Case(f"random_after_{name}_magic", random_bytes(10 + i, 4096, magic), "invalid")
+        for i, (name, magic) in enumerate(magics.items())
+    ]
     cases.append(Case("zeros_1MiB", bytes(1 << 20), "invalid", (UNSUPPORTED,)))
     return cases
 
@@ -216,10 +245,19 @@ def _bomb_cases() -> list[Case]:
         Case("bmp_header_8000x8000", bmp_header(8_000, 8_000), "invalid", ("exceeds max_",)),
         Case("bmp_width_2147483647", bmp_header(0x7FFFFFFF, 1), "invalid"),
         Case("bmp_negative_width", bmp_header(-16, 16, pixels=bytes(16 * 16 * 3)), "invalid"),
-        Case("jpeg_sof_65500x65500", jpeg_with_sof_size(encode(picture(), "JPEG"), 65_500, 65_500), "invalid", TOO_LARGE),
+        Case(
+            "jpeg_sof_65500x65500",
+            jpeg_with_sof_size(encode(picture(), "JPEG"), 65_500, 65_500),
+            "invalid",
+            TOO_LARGE,
+        ),
         Case("png_zero_width", png(0, 16, tiny_idat), "invalid"),
-        Case("png_extreme_aspect_1x1000000",
-             png(1, 1_000_000, zlib.compress(bytes(2 * 1_000_000), 9), color=0), "invalid", ("aspect ratio",)),
+        Case(
+            "png_extreme_aspect_1x1000000",
+            png(1, 1_000_000, zlib.compress(bytes(2 * 1_000_000), 9), color=0),
+            "invalid",
+            ("aspect ratio",),
+        ),
         Case("tiff_absurd_strip_offsets", tiff(grey_tiff_entries(8, 8, 0xFFFFFF00, 0x7FFFFFFF)), "invalid"),
         Case("tiff_ifd_points_past_eof", b"II*\x00" + struct.pack("<I", 0x7FFFFFF0), "invalid"),
         Case("tiff_ifd_loop", tiff(grey_tiff_entries(8, 8, 8, 64), next_ifd=8), "either"),
@@ -229,12 +267,23 @@ def _bomb_cases() -> list[Case]:
 def _format_cases() -> list[Case]:
     small = picture(16, 16)
     html = b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>"
-    zip_tail = b"PK\x03\x04\x14\x00\x00\x00\x00\x00" + b"\x00" * 20 + b"evil.jsp<% exec %>PK\x05\x06" + b"\x00" * 18
+    zip_tail = (
+        b"PK\x03\x04\x14\x00\x00\x00\x00\x00" + b"\x00" * 20 + b"evil.jsp<% exec %>PK\x05\x06" + b"\x00" * 18
+    )
     gif = encode(picture(32, 24, 2).convert("P"), "GIF")
     return [
-        Case("pdf", b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n", "invalid", (UNSUPPORTED,)),
-        Case("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>',
-             "invalid", (UNSUPPORTED,)),
+        Case(
+            "pdf",
+            b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n",
+            "invalid",
+            (UNSUPPORTED,),
+        ),
+        Case(
+            "svg",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>',
+            "invalid",
+            (UNSUPPORTED,),
+        ),
         Case("plain_text", b"hello, this is not an image\n" * 10, "invalid", (UNSUPPORTED,)),
         Case("html", html, "invalid", (UNSUPPORTED,)),
         Case("ico", encode(small, "ICO"), "invalid", (UNSUPPORTED,)),
@@ -250,14 +299,36 @@ def _format_cases() -> list[Case]:
 def _odd_but_valid_cases() -> list[Case]:
     photo = picture(96, 72, 4)
     jpeg = encode(photo, "JPEG", quality=92)
-    gif, webp, pages = _animated("GIF", duration=100, loop=0), _animated("WEBP", lossless=True), _animated("TIFF")
+    gif, webp, pages = (
+        _animated("GIF", duration=100, loop=0),
+        _animated("WEBP", lossless=True),
+        _animated("TIFF"),
+    )
     top_down = bmp_header(16, -16, pixels=np.asarray(picture(16, 16, 5))[:, :, ::-1].tobytes())
     return [
-        Case("animated_gif_3_frames", gif, "ok", same_as=first_frame_png(gif), differs_from=frame_png(gif, 1)),
-        Case("animated_webp_3_frames", webp, "ok", same_as=first_frame_png(webp), differs_from=frame_png(webp, 1)),
-        Case("multipage_tiff_3_pages", pages, "ok", same_as=first_frame_png(pages), differs_from=frame_png(pages, 1)),
+        Case(
+            "animated_gif_3_frames", gif, "ok", same_as=first_frame_png(gif), differs_from=frame_png(gif, 1)
+        ),
+        Case(
+            "animated_webp_3_frames",
+            webp,
+            "ok",
+            same_as=first_frame_png(webp),
+            differs_from=frame_png(webp, 1),
+        ),
+        Case(
+            "multipage_tiff_3_pages",
+            pages,
+            "ok",
+            same_as=first_frame_png(pages),
+            differs_from=frame_png(pages, 1),
+        ),
         Case("cmyk_jpeg", encode(photo.convert("CMYK"), "JPEG", quality=92), "ok"),
-        Case("png_16bit_grey", encode(Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257), "PNG"), "ok"),
+        Case(
+            "png_16bit_grey",
+            encode(Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257), "PNG"),
+            "ok",
+        ),
         Case("png_1bit", encode(photo.convert("1"), "PNG"), "ok"),
         Case("png_palette_with_transparency", encode(photo.convert("P"), "PNG", transparency=0), "ok"),
         Case("png_interlaced_la", encode(photo.convert("LA"), "PNG", interlace=1), "ok"),
@@ -266,7 +337,11 @@ def _odd_but_valid_cases() -> list[Case]:
         Case("jpeg_trailing_garbage", jpeg + random_bytes(7, 50_000), "ok", same_as=jpeg),
         Case("jpeg_exif_laden", exif_jpeg(), "ok"),
         Case("bmp_top_down_negative_height", top_down, "ok"),
-        Case("tiff_float32", encode(Image.fromarray(np.asarray(photo.convert("L"), np.float32) / 255), "TIFF"), "either"),
+        Case(
+            "tiff_float32",
+            encode(Image.fromarray(np.asarray(photo.convert("L"), np.float32) / 255), "TIFF"),
+            "either",
+        ),
     ]
 
 
@@ -312,8 +387,14 @@ def _webp_lying_riff() -> bytes:
 
 @functools.cache
 def corpus() -> tuple[Case, ...]:
-    cases = (*_garbage_cases(), *_truncated_cases(), *_bomb_cases(), *_format_cases(), *_odd_but_valid_cases(),
-             *_corrupt_cases())  # fmt: skip
+    cases = (
+        *_garbage_cases(),
+        *_truncated_cases(),
+        *_bomb_cases(),
+        *_format_cases(),
+        *_odd_but_valid_cases(),
+        *_corrupt_cases(),
+    )
     names = [case.name for case in cases]
     assert len(set(names)) == len(names), "case names must be unique"
     return cases
@@ -327,9 +408,15 @@ def main() -> None:
     from embedder.spec import CropSize, Preprocessing, Resize
 
     settings = Settings()
-    spec = Preprocessing(processor_class="CLIPImageProcessor", resize=Resize(shortest_edge=224), resample="bicubic",
-                         center_crop=CropSize(height=224, width=224), rescale_factor=1 / 255,
-                         mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))  # fmt: skip
+    spec = Preprocessing(
+        processor_class="CLIPImageProcessor",
+        resize=Resize(shortest_edge=224),
+        resample="bicubic",
+        center_crop=CropSize(height=224, width=224),
+        rescale_factor=1 / 255,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
     preprocessor = Preprocessor(spec, DecodeLimits(settings.max_image_pixels, settings.max_resized_pixels))
     for case in corpus():
         try:

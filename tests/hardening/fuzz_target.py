@@ -52,11 +52,18 @@ def fuzz_preprocessor() -> Preprocessor:
     from embedder.preprocess import DecodeLimits, Preprocessor
     from embedder.spec import CropSize, Preprocessing, Resize
 
-    spec = Preprocessing(processor_class="CLIPImageProcessor", resize=Resize(shortest_edge=FUZZ_SIDE),
-                         resample="bicubic", center_crop=CropSize(height=FUZZ_SIDE, width=FUZZ_SIDE),
-                         rescale_factor=1 / 255, mean=(0.48145466, 0.4578275, 0.40821073),
-                         std=(0.26862954, 0.26130258, 0.27577711))  # fmt: skip
-    return Preprocessor(spec, DecodeLimits(max_pixels=FUZZ_MAX_PIXELS, max_resized_pixels=FUZZ_MAX_RESIZED_PIXELS))
+    spec = Preprocessing(
+        processor_class="CLIPImageProcessor",
+        resize=Resize(shortest_edge=FUZZ_SIDE),
+        resample="bicubic",
+        center_crop=CropSize(height=FUZZ_SIDE, width=FUZZ_SIDE),
+        rescale_factor=1 / 255,
+        mean=(0.48145466, 0.4578275, 0.40821073),
+        std=(0.26862954, 0.26130258, 0.27577711),
+    )
+    return Preprocessor(
+        spec, DecodeLimits(max_pixels=FUZZ_MAX_PIXELS, max_resized_pixels=FUZZ_MAX_RESIZED_PIXELS)
+    )
 
 
 def seed_images() -> dict[str, bytes]:
@@ -77,7 +84,9 @@ def seed_images() -> dict[str, bytes]:
         "la_interlaced.png": encode(photo.convert("LA"), "PNG", interlace=1),
         "bilevel.png": encode(photo.convert("1"), "PNG"),
         "grey16.png": encode(Image.new("I;16", (24, 18), 4000), "PNG"),
-        "animated.gif": encode(frames[0].convert("P"), "GIF", save_all=True, append_images=[frames[1].convert("P")]),
+        "animated.gif": encode(
+            frames[0].convert("P"), "GIF", save_all=True, append_images=[frames[1].convert("P")]
+        ),
         "rgb.bmp": encode(photo, "BMP"),
         "palette.bmp": encode(photo.convert("P"), "BMP"),
         "lossy.webp": encode(photo, "WEBP", quality=70),
@@ -162,8 +171,12 @@ def fuzz_command(work: Path, *libfuzzer_args: str, record_dir: Path | None = Non
     if executable.is_relative_to(sys.prefix):
         executable = prefix / executable.relative_to(sys.prefix)
     site = {prefix / Path(sysconfig.get_path(key)).relative_to(sys.prefix) for key in ("purelib", "platlib")}
-    env = {"PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(map(str, (repo, *sorted(site)))),
-           "PATH": os.defpath, "LC_ALL": "C.UTF-8"}  # fmt: skip
+    env = {
+        "PYTHONHASHSEED": "0",
+        "PYTHONPATH": os.pathsep.join(map(str, (repo, *sorted(site)))),
+        "PATH": os.defpath,
+        "LC_ALL": "C.UTF-8",
+    }
     if record_dir is not None:
         env["FUZZ_RECORD_DIR"] = str(record_dir)
     argv = [str(executable), "-S", "-m", "tests.hardening.fuzz_target", *libfuzzer_args]
@@ -177,8 +190,16 @@ class Launch:
     cwd: Path
 
     def run(self, timeout: float) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv, cwd=self.cwd, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, check=False, preexec_fn=_no_address_randomisation)  # fmt: skip
+        return subprocess.run(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            preexec_fn=_no_address_randomisation,
+        )
 
 
 def _no_address_randomisation() -> None:

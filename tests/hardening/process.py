@@ -49,8 +49,17 @@ class ServerProcess:
     def __init__(self, models_dir: Path, log_path: Path, *flags: str) -> None:
         self.address = f"127.0.0.1:{free_port()}"
         self.log_path = log_path
-        argv = [sys.executable, "-m", "embedder", "serve", "--address", self.address,
-                "--models-dir", str(models_dir), *flags]  # fmt: skip
+        argv = [
+            sys.executable,
+            "-m",
+            "embedder",
+            "serve",
+            "--address",
+            self.address,
+            "--models-dir",
+            str(models_dir),
+            *flags,
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -77,8 +77,13 @@ def peak_depth(served: Served) -> Iterator[list[int]]:
 def bounded(serve: Serve) -> Served:
     """Batches of one, no batching delay, room for one request's images: the queue is full
     whenever a request is being run and the next one tries to queue."""
-    served = serve(max_queue_images=MAX_QUEUE, max_images_per_request=MAX_QUEUE, max_batch_size=1,
-                   max_batch_delay_ms=0, preprocess_workers=8)  # fmt: skip
+    served = serve(
+        max_queue_images=MAX_QUEUE,
+        max_images_per_request=MAX_QUEUE,
+        max_batch_size=1,
+        max_batch_delay_ms=0,
+        preprocess_workers=8,
+    )
     served.embed(encode(picture(32, 24), "JPEG"))  # load the model before measuring anything
     return served
 
@@ -94,15 +99,19 @@ def test_full_queue_answers_resource_exhausted_and_never_runs_the_refused(bounde
             calls = [bounded.stub.Embed.future(request, timeout=60.0) for _ in range(100)]
             for call in calls:
                 try:
-                    np.testing.assert_array_equal(np.array([e.values for e in call.result().embeddings]), expected)
+                    np.testing.assert_array_equal(
+                        np.array([e.values for e in call.result().embeddings]), expected
+                    )
                     codes["OK"] += 1
                 except grpc.RpcError as exc:
                     codes[exc.code().name] += 1
                     details.add(str(exc.details()))
             if codes["RESOURCE_EXHAUSTED"] and codes["OK"]:
                 break
-    print(f"\nflood of {sum(codes.values())} requests x {IMAGES_PER_REQUEST} images, queue {MAX_QUEUE}: "
-          f"{dict(codes)}, peak queue depth {peak[0]}")  # fmt: skip
+    print(
+        f"\nflood of {sum(codes.values())} requests x {IMAGES_PER_REQUEST} images, queue {MAX_QUEUE}: "
+        f"{dict(codes)}, peak queue depth {peak[0]}"
+    )
     assert set(codes) == {"OK", "RESOURCE_EXHAUSTED"}, codes
     assert peak[0] <= MAX_QUEUE
     assert all(f"max_queue_images={MAX_QUEUE}" in text and "retry later" in text for text in details), details
@@ -170,7 +179,9 @@ def test_call_without_a_deadline_is_served(serve: Serve, good_jpeg: bytes) -> No
         pytest.fail("a call without a deadline hung")
     except grpc.RpcError as exc:
         pytest.fail(f"a call without a deadline failed: {exc.code().name} {exc.details()}")
-    np.testing.assert_array_equal(np.array(response.embeddings[0].values, np.float32), served.embed(good_jpeg)[0])
+    np.testing.assert_array_equal(
+        np.array(response.embeddings[0].values, np.float32), served.embed(good_jpeg)[0]
+    )
 
 
 def test_request_larger_than_the_queue_is_not_told_to_retry(serve: Serve, good_jpeg: bytes) -> None:

@@ -36,7 +36,13 @@ FUZZ_SEED = 1
 FUZZ_EXAMPLES = 300
 SEEDS = seed_images()
 PREPROCESSOR: Preprocessor = fuzz_preprocessor()
-EXTREME_INTS = (b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\x7f\xff\xff\xff", b"\x80\x00\x00\x00", b"\x00\x01\x00\x00")
+EXTREME_INTS = (
+    b"\xff\xff\xff\xff",
+    b"\x00\x00\x00\x00",
+    b"\x7f\xff\xff\xff",
+    b"\x80\x00\x00\x00",
+    b"\x00\x01\x00\x00",
+)
 TALLY: Counter[str] = Counter()
 
 fuzz_settings = settings(
@@ -105,9 +111,18 @@ def test_atheris_coverage_guided(tmp_path: Path) -> None:
         artifacts.mkdir()
         for name, data in (SEEDS | findings()).items():
             (corpus / name).write_bytes(data)
-        launch = fuzz_command(work, str(corpus), f"-atheris_runs={FUZZ_RUNS}", f"-seed={FUZZ_SEED}",
-                              f"-artifact_prefix={artifacts}/", "-max_len=16384", "-reload=0", "-timeout=60",
-                              "-rss_limit_mb=4096", "-print_final_stats=1")  # fmt: skip
+        launch = fuzz_command(
+            work,
+            str(corpus),
+            f"-atheris_runs={FUZZ_RUNS}",
+            f"-seed={FUZZ_SEED}",
+            f"-artifact_prefix={artifacts}/",
+            "-max_len=16384",
+            "-reload=0",
+            "-timeout=60",
+            "-rss_limit_mb=4096",
+            "-print_final_stats=1",
+        )
         process = launch.run(timeout=1200)
         output = process.stdout + process.stderr
         crashes = sorted(p.name for p in artifacts.iterdir())

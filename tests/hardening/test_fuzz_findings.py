@@ -49,7 +49,9 @@ def test_decode_refuses_it_as_invalid_image(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FOUND))
-def test_a_server_answers_invalid_argument_and_keeps_serving(served: Served, good_jpeg: bytes, name: str) -> None:
+def test_a_server_answers_invalid_argument_and_keeps_serving(
+    served: Served, good_jpeg: bytes, name: str
+) -> None:
     expected = served.embed(good_jpeg)
     failures = served.metric("embedder_decode_failures_total", reason="undecodable") + served.metric(
         "embedder_decode_failures_total", reason="truncated"

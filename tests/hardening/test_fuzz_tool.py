@@ -20,11 +20,25 @@ def test_a_short_campaign_runs_and_reports(tmp_path: Path) -> None:
     pytest.importorskip("atheris")
     findings, state = tmp_path / "findings", tmp_path / "state"
     findings.mkdir()
-    argv = [sys.executable, str(REPO / "tools" / "fuzz.py"), "--seconds", "8", "--jobs", "1", "--seed", "1",
-            "--findings", str(findings), "--state", str(state)]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(REPO / "tools" / "fuzz.py"),
+        "--seconds",
+        "8",
+        "--jobs",
+        "1",
+        "--seed",
+        "1",
+        "--findings",
+        str(findings),
+        "--state",
+        str(state),
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = re.search(r"fuzz campaign: \d+ s, 1 jobs, (\d+) launches, (\d+) executions .* 0 new findings", done.stdout)
+    summary = re.search(
+        r"fuzz campaign: \d+ s, 1 jobs, (\d+) launches, (\d+) executions .* 0 new findings", done.stdout
+    )
     assert summary is not None, done.stdout[-3000:]
     assert int(summary[1]) >= 1 and int(summary[2]) > 1000
     kept = {p.name for p in (state / "corpus").iterdir()}
@@ -36,7 +50,9 @@ def test_the_recorder_keeps_one_input_per_distinct_failure(tmp_path: Path) -> No
     recorder = Recorder(tmp_path)
     recorder.record(b"first", "TypeError at ImageFile.py:387", "'float' object")
     recorder.record(b"second", "TypeError at ImageFile.py:387", "another message, same bug")
-    recorder.record(b"third", "struct.error at TiffImagePlugin.py:12", "unpack requires a buffer | of 4 bytes")
+    recorder.record(
+        b"third", "struct.error at TiffImagePlugin.py:12", "unpack requires a buffer | of 4 bytes"
+    )
     files = sorted(p for p in tmp_path.iterdir() if p.name != INDEX)
     assert sorted(p.read_bytes() for p in files) == [b"first", b"third"]
     rows = (tmp_path / INDEX).read_text(encoding="utf-8").splitlines()

@@ -76,7 +76,9 @@ def ask(served: Served, data: bytes) -> tuple[grpc.StatusCode, str, np.ndarray |
     return ask_stub(served.stub, data)
 
 
-def check_answer(target: Target, case: Case, code: grpc.StatusCode, details: str, vector: np.ndarray | None) -> None:
+def check_answer(
+    target: Target, case: Case, code: grpc.StatusCode, details: str, vector: np.ndarray | None
+) -> None:
     if code == grpc.StatusCode.OK:
         assert vector is not None and case.expect != "invalid", f"{case.name}: accepted, expected a refusal"
         assert np.isfinite(vector).all()
@@ -84,13 +86,17 @@ def check_answer(target: Target, case: Case, code: grpc.StatusCode, details: str
         if case.same_as is not None:
             np.testing.assert_array_equal(vector, target.offline.vector(case.same_as))
         if case.differs_from is not None:
-            assert not np.array_equal(vector, target.offline.vector(case.differs_from)), "embedded the wrong frame"
+            assert not np.array_equal(vector, target.offline.vector(case.differs_from)), (
+                "embedded the wrong frame"
+            )
         return
     assert code == INVALID, f"{case.name}: {code.name} {details!r}"
     assert case.expect != "ok", f"{case.name}: a valid image was refused: {details}"
     assert details.startswith("image 0: ") and len(details) > len("image 0: ") + 5, details
     if case.reasons:
-        assert any(reason in details for reason in case.reasons), f"{case.name}: {details!r} lacks {case.reasons}"
+        assert any(reason in details for reason in case.reasons), (
+            f"{case.name}: {details!r} lacks {case.reasons}"
+        )
     with pytest.raises(InvalidImage):  # the offline pipeline refuses it as well
         target.offline.vector(case.data)
 
@@ -99,7 +105,9 @@ def check_answer(target: Target, case: Case, code: grpc.StatusCode, details: str
 def test_hostile_input_is_answered_ok_or_invalid(target: Target, table: dict[str, str], case: Case) -> None:
     started = time.perf_counter()
     code, details, vector = ask(target.served, case.data)
-    table[case.name] = f"{code.name} {details}".strip() + f" ({(time.perf_counter() - started) * 1000:.0f} ms)"
+    table[case.name] = (
+        f"{code.name} {details}".strip() + f" ({(time.perf_counter() - started) * 1000:.0f} ms)"
+    )
     check_answer(target, case, code, details, vector)
     target.still_serves()
 
@@ -107,12 +115,33 @@ def test_hostile_input_is_answered_ok_or_invalid(target: Target, table: dict[str
 def test_corpus_has_the_issue_cases() -> None:
     names = {case.name for case in corpus()}
     assert len(names) >= 30
-    for required in ("empty", "one_byte", "png_header_50000x50000", "png_zip_bomb_20000x20000",
-                     "gif_canvas_65535x65535", "animated_gif_3_frames", "multipage_tiff_3_pages",
-                     "animated_webp_3_frames", "cmyk_jpeg", "png_16bit_grey", "png_1bit", "jpeg_trailing_garbage",
-                     "png_bad_crc_idat", "pdf", "svg", "ico", "psd", "tga", "jpeg_bogus_huffman_table",
-                     "png_16MiB_itxt", "tiff_absurd_strip_offsets", "bmp_negative_width", "png_zero_width",
-                     "jpeg_exif_laden", "bmp_header_30000x30000"):  # fmt: skip
+    for required in (
+        "empty",
+        "one_byte",
+        "png_header_50000x50000",
+        "png_zip_bomb_20000x20000",
+        "gif_canvas_65535x65535",
+        "animated_gif_3_frames",
+        "multipage_tiff_3_pages",
+        "animated_webp_3_frames",
+        "cmyk_jpeg",
+        "png_16bit_grey",
+        "png_1bit",
+        "jpeg_trailing_garbage",
+        "png_bad_crc_idat",
+        "pdf",
+        "svg",
+        "ico",
+        "psd",
+        "tga",
+        "jpeg_bogus_huffman_table",
+        "png_16MiB_itxt",
+        "tiff_absurd_strip_offsets",
+        "bmp_negative_width",
+        "png_zero_width",
+        "jpeg_exif_laden",
+        "bmp_header_30000x30000",
+    ):
         assert required in names, required
 
 

@@ -45,8 +45,9 @@ def raw_call(served: Served, method: str, data: bytes) -> grpc.RpcError:
         ("ListModels", b"\x0a\xff", "ListModelsRequest"),  # truncated field
     ],
 )
-def test_malformed_protobuf_is_invalid_argument(served: Served, good_jpeg: bytes, method: str, data: bytes,
-                                                message: str) -> None:  # fmt: skip
+def test_malformed_protobuf_is_invalid_argument(
+    served: Served, good_jpeg: bytes, method: str, data: bytes, message: str
+) -> None:
     error = raw_call(served, method, data)
     assert error.code() == INVALID, (error.code(), error.details())
     assert str(error.details()).startswith(f"malformed {message}: "), error.details()
@@ -55,7 +56,9 @@ def test_malformed_protobuf_is_invalid_argument(served: Served, good_jpeg: bytes
 
 
 @pytest.mark.parametrize("number", [2, 7, -1])
-def test_an_aggregation_the_proto_does_not_define_is_refused(served: Served, good_jpeg: bytes, number: int) -> None:
+def test_an_aggregation_the_proto_does_not_define_is_refused(
+    served: Served, good_jpeg: bytes, number: int
+) -> None:
     request = image_request(good_jpeg)
     request.aggregate = number  # type: ignore[assignment]  # proto3 enums keep unknown numbers
     error = served.error(request)
@@ -87,13 +90,17 @@ def test_many_long_refusals_stay_within_the_status_message_limit(served: Served)
     assert "200 images rejected" in str(error.details()) and len(str(error.details())) <= 2048
 
 
-def test_each_bad_image_of_a_request_is_counted_under_its_own_reason(served: Served, good_jpeg: bytes) -> None:
+def test_each_bad_image_of_a_request_is_counted_under_its_own_reason(
+    served: Served, good_jpeg: bytes
+) -> None:
     reasons = ("empty", "format", "truncated")
 
     def counts() -> list[float]:
         return [served.metric("embedder_decode_failures_total", reason=r) for r in reasons]
 
     before = counts()
-    error = served.error(image_request(good_jpeg, b"", b"%PDF-1.4 not an image", good_jpeg[: len(good_jpeg) // 2]))
+    error = served.error(
+        image_request(good_jpeg, b"", b"%PDF-1.4 not an image", good_jpeg[: len(good_jpeg) // 2])
+    )
     assert error.code() == INVALID and "3 images rejected" in str(error.details())
     assert [after - b for after, b in zip(counts(), before, strict=True)] == [1, 1, 1]

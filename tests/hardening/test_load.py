@@ -126,10 +126,12 @@ def test_twice_capacity_sheds_load_with_bounded_memory(spawn: Callable[..., Serv
         after = median_latency(stub, request)
     third = rss[-len(rss) // 3 :]
     late_growth = statistics.median(third[-3:]) - statistics.median(third[:3])
-    print(f"\ncapacity {images_per_s:.0f} img/s (8 callers, {CAPACITY_S:.0f} s); offered {offered:.0f} img/s "
-          f"for {LOAD_S:.0f} s; answers {dict(load.codes)}\nRSS MiB: start {rss_start:.0f}, peak {max(rss):.0f}, "
-          f"end {rss[-1]:.0f}, growth over the last third {late_growth:+.1f}; samples {[round(r) for r in rss]}\n"
-          f"single-call latency: idle {idle * 1000:.1f} ms, after the load {after * 1000:.1f} ms")  # fmt: skip
+    print(
+        f"\ncapacity {images_per_s:.0f} img/s (8 callers, {CAPACITY_S:.0f} s); offered {offered:.0f} img/s "
+        f"for {LOAD_S:.0f} s; answers {dict(load.codes)}\nRSS MiB: start {rss_start:.0f}, peak {max(rss):.0f}, "
+        f"end {rss[-1]:.0f}, growth over the last third {late_growth:+.1f}; samples {[round(r) for r in rss]}\n"
+        f"single-call latency: idle {idle * 1000:.1f} ms, after the load {after * 1000:.1f} ms"
+    )
     assert offered >= 1.3 * images_per_s, "the sender could not overload the server: nothing was tested"
     assert set(load.codes) <= {"OK", "RESOURCE_EXHAUSTED"}, dict(load.codes)
     assert load.codes["RESOURCE_EXHAUSTED"] > 0, "twice the capacity and nothing was shed"

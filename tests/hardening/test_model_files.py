@@ -29,8 +29,9 @@ def copy_models(hardening_models: Path, root: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["not-utf8", "device", "huge"])
-def test_an_unreadable_model_json_stops_start_up_naming_the_file(hardening_models: Path, tmp_path: Path,
-                                                                 kind: str) -> None:  # fmt: skip
+def test_an_unreadable_model_json_stops_start_up_naming_the_file(
+    hardening_models: Path, tmp_path: Path, kind: str
+) -> None:
     models = copy_models(hardening_models, tmp_path / "models")
     spec = models / CLIP / SPEC_FILE
     spec.unlink()
@@ -60,28 +61,41 @@ def contract_breaker(kind: str, height: int, width: int) -> onnx.ModelProto:
     pixels = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["N", 3, height, width])
     out = helper.make_tensor_value_info("embedding", TensorProto.FLOAT, [1, 3])
     if kind == "rows":
-        nodes = [helper.make_node("ReduceMean", ["pixel_values", "axes"], ["mean"], keepdims=0),
-                 helper.make_node("Unsqueeze", ["mean", "zero"], ["embedding"])]  # fmt: skip
-        inits = [helper.make_tensor("axes", TensorProto.INT64, [3], [0, 2, 3]),
-                 helper.make_tensor("zero", TensorProto.INT64, [1], [0])]  # fmt: skip
+        nodes = [
+            helper.make_node("ReduceMean", ["pixel_values", "axes"], ["mean"], keepdims=0),
+            helper.make_node("Unsqueeze", ["mean", "zero"], ["embedding"]),
+        ]
+        inits = [
+            helper.make_tensor("axes", TensorProto.INT64, [3], [0, 2, 3]),
+            helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        ]
     else:
-        nodes = [helper.make_node("Reshape", ["pixel_values", "shape"], ["flat"]),
-                 helper.make_node("ReduceMean", ["flat", "last"], ["embedding"], keepdims=0)]  # fmt: skip
-        inits = [helper.make_tensor("shape", TensorProto.INT64, [3], [1, 3, height * width]),
-                 helper.make_tensor("last", TensorProto.INT64, [1], [2])]  # fmt: skip
+        nodes = [
+            helper.make_node("Reshape", ["pixel_values", "shape"], ["flat"]),
+            helper.make_node("ReduceMean", ["flat", "last"], ["embedding"], keepdims=0),
+        ]
+        inits = [
+            helper.make_tensor("shape", TensorProto.INT64, [3], [1, 3, height * width]),
+            helper.make_tensor("last", TensorProto.INT64, [1], [2]),
+        ]
     graph = helper.make_graph(nodes, "breaker", [pixels], [out], initializer=inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
-@pytest.mark.parametrize(("kind", "why"), [("rows", "gave [1, 3] for a batch of 2"), ("fails", "failed on a batch of 2")])
-def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(hardening_models: Path, tmp_path: Path,
-                                                                      good_jpeg: bytes, kind: str, why: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "why"), [("rows", "gave [1, 3] for a batch of 2"), ("fails", "failed on a batch of 2")]
+)
+def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(
+    hardening_models: Path, tmp_path: Path, good_jpeg: bytes, kind: str, why: str
+) -> None:
     models = copy_models(hardening_models, tmp_path / "models")
     spec = load_spec(models / CLIP / SPEC_FILE)
     graph = models / CLIP / spec.onnx_file
     onnx.save(contract_breaker(kind, *spec.preprocessing.input_size()), graph)
-    write_spec(spec.model_copy(update={"embedding_dim": 3, "onnx_sha256": file_sha256(graph), "parity": None}),
-               models / CLIP / SPEC_FILE)  # fmt: skip
+    write_spec(
+        spec.model_copy(update={"embedding_dim": 3, "onnx_sha256": file_sha256(graph), "parity": None}),
+        models / CLIP / SPEC_FILE,
+    )
     with serving(models) as served:
         assert served.embed(good_jpeg).shape == (1, 3)  # batch 1: within the contract
         error = served.error(image_request(good_jpeg, good_jpeg))
@@ -89,4 +103,3 @@ def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(hardening_
         assert f"model '{CLIP}'" in str(error.details()) and why in str(error.details())
         assert served.health() == "SERVING"
         assert np.isfinite(served.embed(good_jpeg, model=DINO)).all()  # the other model serves on
-

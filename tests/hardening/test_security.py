@@ -72,9 +72,9 @@ def embeds(served: Served, image: bytes, **config: object) -> bool:
 # --- TLS ---------------------------------------------------------------------------------------
 
 
-def test_tls_with_the_right_root_works_and_plaintext_or_wrong_root_fails(serve: Serve, pki: Pki,
-                                                                          pem_files: dict[str, Path],
-                                                                          good_jpeg: bytes) -> None:  # fmt: skip
+def test_tls_with_the_right_root_works_and_plaintext_or_wrong_root_fails(
+    serve: Serve, pki: Pki, pem_files: dict[str, Path], good_jpeg: bytes
+) -> None:
     served = serve(tls_cert=pem_files["server_cert"], tls_key=pem_files["server_key"])
     assert embeds(served, good_jpeg, root_ca=pki.ca.cert)
     assert not embeds(served, good_jpeg)  # plaintext to a TLS port
@@ -83,16 +83,28 @@ def test_tls_with_the_right_root_works_and_plaintext_or_wrong_root_fails(serve: 
         assert c.health() == "SERVING"
 
 
-def test_mutual_tls_accepts_only_clients_certified_by_the_ca(serve: Serve, pki: Pki, pem_files: dict[str, Path],
-                                                            good_jpeg: bytes) -> None:  # fmt: skip
-    served = serve(tls_cert=pem_files["server_cert"], tls_key=pem_files["server_key"], tls_client_ca=pem_files["ca"])
-    assert embeds(served, good_jpeg, root_ca=pki.ca.cert, client_cert=pki.client.cert, client_key=pki.client.key)
+def test_mutual_tls_accepts_only_clients_certified_by_the_ca(
+    serve: Serve, pki: Pki, pem_files: dict[str, Path], good_jpeg: bytes
+) -> None:
+    served = serve(
+        tls_cert=pem_files["server_cert"], tls_key=pem_files["server_key"], tls_client_ca=pem_files["ca"]
+    )
+    assert embeds(
+        served, good_jpeg, root_ca=pki.ca.cert, client_cert=pki.client.cert, client_key=pki.client.key
+    )
     assert not embeds(served, good_jpeg, root_ca=pki.ca.cert)  # no client certificate
-    assert not embeds(served, good_jpeg, root_ca=pki.ca.cert, client_cert=pki.rogue_client.cert,
-                      client_key=pki.rogue_client.key)  # fmt: skip
+    assert not embeds(
+        served,
+        good_jpeg,
+        root_ca=pki.ca.cert,
+        client_cert=pki.rogue_client.cert,
+        client_key=pki.rogue_client.key,
+    )
     assert not embeds(served, good_jpeg)  # plaintext
     # The server is unharmed by the refused handshakes.
-    assert embeds(served, good_jpeg, root_ca=pki.ca.cert, client_cert=pki.client.cert, client_key=pki.client.key)
+    assert embeds(
+        served, good_jpeg, root_ca=pki.ca.cert, client_cert=pki.client.cert, client_key=pki.client.key
+    )
 
 
 def test_tls_settings_come_in_pairs() -> None:
@@ -126,11 +138,17 @@ def assert_tokens_enforced(served: Served, accepted: tuple[str, ...], image: byt
         assert c.health(CLIP) in ("SERVING", "NOT_SERVING")
     # Scheme is case-insensitive; any other scheme is refused.
     with pytest.raises(grpc.RpcError) as caught:
-        served.stub.Embed(pb.EmbedRequest(model=CLIP, images=[pb.Image(data=image)]), timeout=10,
-                          metadata=[("authorization", f"Basic {accepted[0]}")])  # fmt: skip
+        served.stub.Embed(
+            pb.EmbedRequest(model=CLIP, images=[pb.Image(data=image)]),
+            timeout=10,
+            metadata=[("authorization", f"Basic {accepted[0]}")],
+        )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    served.stub.Embed(pb.EmbedRequest(model=CLIP, images=[pb.Image(data=image)]), timeout=10,
-                      metadata=[("authorization", f"bearer {accepted[0]}")])  # fmt: skip
+    served.stub.Embed(
+        pb.EmbedRequest(model=CLIP, images=[pb.Image(data=image)]),
+        timeout=10,
+        metadata=[("authorization", f"bearer {accepted[0]}")],
+    )
 
 
 def test_tokens_from_the_setting(serve: Serve, good_jpeg: bytes) -> None:
@@ -146,8 +164,9 @@ def test_tokens_from_both_are_all_accepted(serve: Serve, tmp_path: Path, good_jp
     assert_tokens_enforced(served, (TOKENS[0], *FILE_TOKENS), good_jpeg)
 
 
-def test_no_token_in_the_log_in_process(serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                        good_jpeg: bytes) -> None:  # fmt: skip
+def test_no_token_in_the_log_in_process(
+    serve: Serve, tmp_path: Path, caplog: pytest.LogCaptureFixture, good_jpeg: bytes
+) -> None:
     caplog.set_level(logging.DEBUG)
     served = serve(auth_tokens=TOKENS[0], auth_tokens_file=token_file(tmp_path))
     assert_tokens_enforced(served, (TOKENS[0], *FILE_TOKENS), good_jpeg)
@@ -158,14 +177,26 @@ def test_no_token_in_the_log_in_process(serve: Serve, tmp_path: Path, caplog: py
     assert TOKENS[0] not in repr(served.server.settings) and TOKENS[0] not in str(served.server.settings)
 
 
-def test_no_token_in_the_log_of_a_serve_process(spawn: Callable[..., ServerProcess], tmp_path: Path,
-                                                good_jpeg: bytes) -> None:  # fmt: skip
-    server = spawn("--auth-tokens", TOKENS[0], "--auth-tokens-file", str(token_file(tmp_path)),
-                   "--log-level", "DEBUG", "--log-format", "json")  # fmt: skip
+def test_no_token_in_the_log_of_a_serve_process(
+    spawn: Callable[..., ServerProcess], tmp_path: Path, good_jpeg: bytes
+) -> None:
+    server = spawn(
+        "--auth-tokens",
+        TOKENS[0],
+        "--auth-tokens-file",
+        str(token_file(tmp_path)),
+        "--log-level",
+        "DEBUG",
+        "--log-format",
+        "json",
+    )
     with EmbedderClient(server.address, retries=0, timeout=10.0, token=FILE_TOKENS[1]) as c:
         c.embed(CLIP, [good_jpeg])
     for token in (WRONG_TOKEN, None):
-        with EmbedderClient(server.address, retries=0, timeout=10.0, token=token) as c, pytest.raises(grpc.RpcError):
+        with (
+            EmbedderClient(server.address, retries=0, timeout=10.0, token=token) as c,
+            pytest.raises(grpc.RpcError),
+        ):
             c.embed(CLIP, [good_jpeg])
     server.stop()
     log = server.log()
@@ -175,8 +206,18 @@ def test_no_token_in_the_log_of_a_serve_process(spawn: Callable[..., ServerProce
 
 
 def test_settings_error_does_not_print_the_token(hardening_models: Path, tmp_path: Path) -> None:
-    argv = [sys.executable, "-m", "embedder", "serve", "--models-dir", str(hardening_models), "--auth-tokens",
-            TOKENS[0], "--tls-cert", str(tmp_path / "cert.pem")]  # fmt: skip  (no --tls-key: invalid)
+    argv = [
+        sys.executable,
+        "-m",
+        "embedder",
+        "serve",
+        "--models-dir",
+        str(hardening_models),
+        "--auth-tokens",
+        TOKENS[0],
+        "--tls-cert",
+        str(tmp_path / "cert.pem"),
+    ]  # no --tls-key: invalid
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and "tls_cert and tls_key go together" in done.stderr, done.stderr
@@ -235,8 +276,13 @@ REFUSED_PATHS = {
 
 def test_path_inputs_confined_to_the_image_root(serve: Serve, image_root: Path) -> None:
     served = serve(image_root=image_root, max_image_bytes=1_000_000)
-    for path, data in (("photo.jpg", "photo.jpg"), ("./photo.jpg", "photo.jpg"), ("sub/other.png", "sub/other.png"),
-                       ("alias.jpg", "photo.jpg"), ("sub//other.png", "sub/other.png")):  # fmt: skip
+    for path, data in (
+        ("photo.jpg", "photo.jpg"),
+        ("./photo.jpg", "photo.jpg"),
+        ("sub/other.png", "sub/other.png"),
+        ("alias.jpg", "photo.jpg"),
+        ("sub//other.png", "sub/other.png"),
+    ):
         response = served.stub.Embed(pb.EmbedRequest(model=CLIP, images=[pb.Image(path=path)]), timeout=10.0)
         got = np.array(response.embeddings[0].values, np.float32)
         np.testing.assert_array_equal(got, served.embed((image_root / data).read_bytes())[0], err_msg=path)
@@ -244,11 +290,18 @@ def test_path_inputs_confined_to_the_image_root(serve: Serve, image_root: Path) 
     for template, reason in REFUSED_PATHS.items():
         path = template.format(root=image_root)
         code, details = answers[template] = path_answer(served, path)
-        assert code == "INVALID_ARGUMENT" and details.startswith("image 0: ") and reason in details, (path, details)
-        assert str(image_root.parent) not in details.replace(path, ""), f"{details!r} reveals the server's layout"
+        assert code == "INVALID_ARGUMENT" and details.startswith("image 0: ") and reason in details, (
+            path,
+            details,
+        )
+        assert str(image_root.parent) not in details.replace(path, ""), (
+            f"{details!r} reveals the server's layout"
+        )
     print("\n" + "\n".join(f"  path {p!r}: {code} {details}" for p, (code, details) in answers.items()))
-    np.testing.assert_array_equal(served.embed((image_root / "photo.jpg").read_bytes()),
-                                  served.embed((image_root / "photo.jpg").read_bytes()))  # fmt: skip
+    np.testing.assert_array_equal(
+        served.embed((image_root / "photo.jpg").read_bytes()),
+        served.embed((image_root / "photo.jpg").read_bytes()),
+    )
 
 
 def test_path_inputs_are_off_without_an_image_root(serve: Serve, image_root: Path) -> None:
@@ -280,16 +333,20 @@ def spec_with(tmp_path: Path, source: Path, **changes: object) -> Path:
     return models
 
 
-@pytest.mark.parametrize("changes, field", [
-    ({"__class__": {"py/object": "os.system", "args": ["id"]}}, "__class__"),
-    ({"__reduce__": "posix.system"}, "__reduce__"),
-    ({"onnx_file": "../../../../etc/passwd"}, "onnx_file"),
-    ({"onnx_file": "/abs/model.onnx"}, "onnx_file"),
-    ({"embedding_dim": "16"}, "embedding_dim"),  # strict: no coercion of strings
-    ({"preprocessing": {"processor_class": "x", "resample": "eval(1)"}}, "preprocessing"),
-])  # fmt: skip
-def test_model_json_is_strict_data(tmp_path: Path, tiny_clip_dir: Path, changes: dict[str, object],
-                                   field: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"__class__": {"py/object": "os.system", "args": ["id"]}}, "__class__"),
+        ({"__reduce__": "posix.system"}, "__reduce__"),
+        ({"onnx_file": "../../../../etc/passwd"}, "onnx_file"),
+        ({"onnx_file": "/abs/model.onnx"}, "onnx_file"),
+        ({"embedding_dim": "16"}, "embedding_dim"),  # strict: no coercion of strings
+        ({"preprocessing": {"processor_class": "x", "resample": "eval(1)"}}, "preprocessing"),
+    ],
+)
+def test_model_json_is_strict_data(
+    tmp_path: Path, tiny_clip_dir: Path, changes: dict[str, object], field: str
+) -> None:
     models = spec_with(tmp_path, tiny_clip_dir, **changes)
     with pytest.raises(SpecError, match=field):
         load_spec(models / tiny_clip_dir.name / SPEC_FILE)
@@ -297,13 +354,26 @@ def test_model_json_is_strict_data(tmp_path: Path, tiny_clip_dir: Path, changes:
         EmbedderServer(Settings(address="127.0.0.1:0", models_dir=models))
 
 
-FORBIDDEN_IMPORTS = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "marshal", "shelve", "torch", "yaml",
-                     "transformers", "export"}  # fmt: skip
+FORBIDDEN_IMPORTS = {
+    "pickle",
+    "cPickle",
+    "dill",
+    "cloudpickle",
+    "joblib",
+    "marshal",
+    "shelve",
+    "torch",
+    "yaml",
+    "transformers",
+    "export",
+}
 FORBIDDEN_CALLS = {"eval", "exec", "compile", "__import__", "register_custom_ops_library", "load_library"}
 
 
 def python_files() -> list[Path]:
-    return sorted(p for p in EMBEDDER_SOURCE.rglob("*.py") if "v1" not in p.relative_to(EMBEDDER_SOURCE).parts)
+    return sorted(
+        p for p in EMBEDDER_SOURCE.rglob("*.py") if "v1" not in p.relative_to(EMBEDDER_SOURCE).parts
+    )
 
 
 def test_embedder_has_no_code_execution_path_from_data() -> None:
@@ -316,11 +386,20 @@ def test_embedder_has_no_code_execution_path_from_data() -> None:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import | ast.ImportFrom):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-                problems += [f"{path.name}:{node.lineno} imports {n}" for n in names
-                             if n.split(".")[0] in FORBIDDEN_IMPORTS]  # fmt: skip
+                problems += [
+                    f"{path.name}:{node.lineno} imports {n}"
+                    for n in names
+                    if n.split(".")[0] in FORBIDDEN_IMPORTS
+                ]
             elif isinstance(node, ast.Call):
                 func = node.func
-                name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+                name = (
+                    func.id
+                    if isinstance(func, ast.Name)
+                    else func.attr
+                    if isinstance(func, ast.Attribute)
+                    else ""
+                )
                 if name in FORBIDDEN_CALLS:
                     problems.append(f"{path.name}:{node.lineno} calls {name}")
                 if any(k.arg == "allow_pickle" for k in node.keywords):

@@ -58,7 +58,9 @@ class Load:
                     return
                 call = Call(f"load-{number}-{n}", time.monotonic())
                 try:
-                    _, outcome = stub.Embed.with_call(request, timeout=30.0, metadata=[(REQUEST_ID_KEY, call.rid)])
+                    _, outcome = stub.Embed.with_call(
+                        request, timeout=30.0, metadata=[(REQUEST_ID_KEY, call.rid)]
+                    )
                     call.code, call.answered = "OK", _echoes(outcome.trailing_metadata(), call.rid)
                 except grpc.RpcError as exc:
                     call.code, call.answered = exc.code().name, _echoes(exc.trailing_metadata(), call.rid)
@@ -126,24 +128,32 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(spawn: Callable[..., Serve
     calls = {call.rid: call for call in load.calls}
     # The server's own record (the whole log: a split at the signal would race with calls finishing
     # then): which calls a handler took, and what it answered.
-    accepted = {rid: status for status, rid in re.findall(r"Embed model=\S+ images=\d+ status=(\w+) .* id=(\S+)",
-                                                          server.log())}  # fmt: skip
+    accepted = {
+        rid: status
+        for status, rid in re.findall(r"Embed model=\S+ images=\d+ status=(\w+) .* id=(\S+)", server.log())
+    }
     lost = sorted(rid for rid in accepted if calls[rid].code != "OK")
     unanswered = [c for c in calls.values() if c.code not in ("OK", "UNAVAILABLE")]
     in_flight = [c for c in calls.values() if c.started < signalled < c.ended]
-    print(f"\nbefore SIGTERM: {dict(load.codes() - load.codes(signalled))}; started after: "
-          f"{dict(load.codes(signalled))}; refusals: {dict(load.refusals)}\n"
-          f"calls accepted by a handler: {len(accepted)}; in flight at the signal: "
-          f"{dict(Counter(c.code for c in in_flight))}; "
-          f"dropped by gRPC core before any handler: {[(c.rid, c.code) for c in unanswered]}\n"
-          f"health after the signal: {[(round(t, 3), s) for t, s in transitions(health)]}\n"
-          f"exit code {server.process.returncode} after {exited:.2f} s (grace {GRACE_S:.0f} s)\n"
-          f"requests lost on SIGTERM under load: {len(lost)}")  # fmt: skip
+    print(
+        f"\nbefore SIGTERM: {dict(load.codes() - load.codes(signalled))}; started after: "
+        f"{dict(load.codes(signalled))}; refusals: {dict(load.refusals)}\n"
+        f"calls accepted by a handler: {len(accepted)}; in flight at the signal: "
+        f"{dict(Counter(c.code for c in in_flight))}; "
+        f"dropped by gRPC core before any handler: {[(c.rid, c.code) for c in unanswered]}\n"
+        f"health after the signal: {[(round(t, 3), s) for t, s in transitions(health)]}\n"
+        f"exit code {server.process.returncode} after {exited:.2f} s (grace {GRACE_S:.0f} s)\n"
+        f"requests lost on SIGTERM under load: {len(lost)}"
+    )
     assert load.codes()["OK"] >= 3 * CLIENTS
     # Nothing a handler took was lost: it answered OK, and the client received that OK.
-    assert lost == [] and set(accepted.values()) == {"OK"}, [(rid, accepted[rid], calls[rid].code) for rid in lost]
+    assert lost == [] and set(accepted.values()) == {"OK"}, [
+        (rid, accepted[rid], calls[rid].code) for rid in lost
+    ]
     assert {c.rid for c in calls.values() if c.code == "OK"} == set(accepted)
-    assert any(c.code == "OK" for c in in_flight), "no call was in flight at the signal: the drain was not exercised"
+    assert any(c.code == "OK" for c in in_flight), (
+        "no call was in flight at the signal: the drain was not exercised"
+    )
     # Whatever else failed never reached a handler, and the bundled client would retry it.
     assert all(not c.answered and c.rid not in accepted and c.retryable for c in unanswered), unanswered
     # Health: not SERVING within a second of the signal, and never again. What a probe sees is
@@ -156,7 +166,9 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(spawn: Callable[..., Serve
 
 
 def watch(channel: grpc.Channel, seen: list[str]) -> grpc.Future:
-    stream = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=60.0)
+    stream = health_pb2_grpc.HealthStub(channel).Watch(
+        health_pb2.HealthCheckRequest(service=""), timeout=60.0
+    )
 
     def read() -> None:
         try:
@@ -198,7 +210,9 @@ def terminate_once_streaming(server: ServerProcess, seen: list[str], grace: floa
     return time.monotonic() - signalled
 
 
-def test_open_health_watch_does_not_hold_shutdown_for_the_whole_grace(spawn: Callable[..., ServerProcess]) -> None:
+def test_open_health_watch_does_not_hold_shutdown_for_the_whole_grace(
+    spawn: Callable[..., ServerProcess],
+) -> None:
     """Clients with gRPC client-side health checking keep a Watch open for ever; draining must
     not wait for it (nothing is in flight here, so the exit should take well under a second)."""
     grace = 6.0
@@ -207,8 +221,10 @@ def test_open_health_watch_does_not_hold_shutdown_for_the_whole_grace(spawn: Cal
     with grpc.insecure_channel(server.address) as channel:
         watch(channel, seen)
         exited = terminate_once_streaming(server, seen, grace)
-    print(f"\nidle server with one open health Watch: exit {server.process.returncode} after {exited:.2f} s "
-          f"(grace {grace:.0f} s)")  # fmt: skip
+    print(
+        f"\nidle server with one open health Watch: exit {server.process.returncode} after {exited:.2f} s "
+        f"(grace {grace:.0f} s)"
+    )
     assert server.process.returncode == 0
     assert exited < grace / 2
 
@@ -229,7 +245,9 @@ def test_a_stream_no_handler_tracks_holds_shutdown_for_one_second_not_the_grace(
         release.wait(30)
 
     with grpc.insecure_channel(server.address) as channel:
-        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(requests(), timeout=60)
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            requests(), timeout=60
+        )
 
         def read() -> None:
             try:
@@ -243,8 +261,10 @@ def test_a_stream_no_handler_tracks_holds_shutdown_for_one_second_not_the_grace(
         exited = terminate_once_streaming(server, answers, grace)
         release.set()
         reader.join(10)
-    print(f"\nopen reflection stream at SIGTERM: exit {server.process.returncode} after {exited:.2f} s "
-          f"(grace {grace:.0f} s); stream saw {answers}")  # fmt: skip
+    print(
+        f"\nopen reflection stream at SIGTERM: exit {server.process.returncode} after {exited:.2f} s "
+        f"(grace {grace:.0f} s); stream saw {answers}"
+    )
     assert answers[0] == "list_services_response"
     assert server.process.returncode == 0
     assert STOP_GRACE_S <= exited < STOP_GRACE_S + 2.0

@@ -14,8 +14,20 @@ from tests.hardening.process import REPO
 
 @pytest.mark.slow
 def test_soak_tool_runs_end_to_end(hardening_models: Path) -> None:
-    argv = [sys.executable, str(REPO / "tools" / "soak.py"), "--models-dir", str(hardening_models), "--model",
-            "tiny-clip", "--minutes", "0.1", "--concurrency", "2", "--sample-s", "1"]  # fmt: skip
+    argv = [
+        sys.executable,
+        str(REPO / "tools" / "soak.py"),
+        "--models-dir",
+        str(hardening_models),
+        "--model",
+        "tiny-clip",
+        "--minutes",
+        "0.1",
+        "--concurrency",
+        "2",
+        "--sample-s",
+        "1",
+    ]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(done.stdout[done.stdout.index("{\n") : done.stdout.rindex("\n}") + 2])

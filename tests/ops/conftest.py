@@ -26,8 +26,17 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models dir with one tiny random-init CLIP, exported by the real exporter (needs torch:
     the main venv has it)."""
     models = tmp_path_factory.mktemp("ops-models")
-    argv = [sys.executable, "-m", "export", "clip", TINY_MODEL, "--random-init", "--no-huge",
-            "--out", str(models / TINY_MODEL)]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "export",
+        "clip",
+        TINY_MODEL,
+        "--random-init",
+        "--no-huge",
+        "--out",
+        str(models / TINY_MODEL),
+    ]
     done = subprocess.run(
         argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env()
     )

@@ -38,13 +38,21 @@ def clean_env(**overrides: str) -> dict[str, str]:
 class ServerProcess:
     """One `embedder serve` subprocess on 127.0.0.1 with its own metrics port; log in a file."""
 
-    def __init__(self, command: Sequence[str], models_dir: Path, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, command: Sequence[str], models_dir: Path, log_path: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.port, self.metrics_port = free_port(), free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.log_path = log_path
-        argv = [*command, "--address", self.address, "--models-dir", str(models_dir),
-                "--metrics-address", f"127.0.0.1:{self.metrics_port}"]  # fmt: skip
+        argv = [
+            *command,
+            "--address",
+            self.address,
+            "--models-dir",
+            str(models_dir),
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}",
+        ]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 argv, stdout=log, stderr=subprocess.STDOUT, env=env or clean_env()

@@ -81,8 +81,9 @@ def test_probes_are_native_grpc_on_the_server_port(container: dict[str, Any]) ->
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "time for --preload"
 
 
-def test_pod_security_matches_the_image(deployment: dict[str, Any], container: dict[str, Any],
-                                         dockerfile: Dockerfile) -> None:  # fmt: skip
+def test_pod_security_matches_the_image(
+    deployment: dict[str, Any], container: dict[str, Any], dockerfile: Dockerfile
+) -> None:
     pod = deployment["spec"]["template"]["spec"]
     user = dockerfile.last("runtime", "USER")
     assert user is not None
@@ -95,8 +96,9 @@ def test_pod_security_matches_the_image(deployment: dict[str, Any], container: d
     assert pod["automountServiceAccountToken"] is False
 
 
-def test_models_volume_is_where_the_image_reads_models(deployment: dict[str, Any], container: dict[str, Any],
-                                                       dockerfile: Dockerfile) -> None:  # fmt: skip
+def test_models_volume_is_where_the_image_reads_models(
+    deployment: dict[str, Any], container: dict[str, Any], dockerfile: Dockerfile
+) -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     models_dir = dockerfile.env("runtime")["EMBEDDER_MODELS_DIR"]
     assert mounts[models_dir]["readOnly"] is True

@@ -217,8 +217,13 @@ def test_runtime_install_has_no_training_stack(runtime_venv: Path) -> None:
     assert not any(present[name] for name in TRAINING_STACK), present
     assert all(present[name] for name in ("onnxruntime", "grpc", "numpy", "PIL", "embedder")), present
     for name in TRAINING_STACK:  # and really failing to import, not just unfound by find_spec
-        failed = subprocess.run([str(runtime_venv / "bin" / "python"), "-c", f"import {name}"], check=False,
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+        failed = subprocess.run(
+            [str(runtime_venv / "bin" / "python"), "-c", f"import {name}"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert failed.returncode != 0 and "ModuleNotFoundError" in failed.stderr
 
 
@@ -242,8 +247,13 @@ def test_runtime_install_size(runtime_venv: Path) -> None:
 @pytest.mark.timeout(420)
 def test_runtime_install_cli_works(runtime_venv: Path) -> None:
     for argv in (["--help"], ["serve", "--help"], ["health", "--help"]):
-        done = subprocess.run([str(runtime_venv / "bin" / "embedder"), *argv], check=False,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        done = subprocess.run(
+            [str(runtime_venv / "bin" / "embedder"), *argv],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.returncode == 0, done.stderr
 
 
@@ -272,8 +282,16 @@ def test_runtime_install_serves_with_the_image_command_and_health_check(
         assert (checked.returncode, checked.stdout.strip()) == (0, "SERVING"), checked.stderr
         image = tmp_path / "red.png"
         image.write_bytes(png_bytes)
-        embed = [str(bin_dir / "embedder"), "embed", "--server", server.address, "--model", TINY_MODEL,
-                 "--no-progress", str(image)]  # fmt: skip
+        embed = [
+            str(bin_dir / "embedder"),
+            "embed",
+            "--server",
+            server.address,
+            "--model",
+            TINY_MODEL,
+            "--no-progress",
+            str(image),
+        ]
         embedded = subprocess.run(embed, check=False, capture_output=True, text=True, timeout=60)
         assert embedded.returncode == 0, embedded.stderr
         record = json.loads(embedded.stdout.splitlines()[0])

@@ -96,9 +96,11 @@ def test_sigterm_to_one_replica_mid_run_loses_no_call(
             vectors = list(pool.map(call, range(CALLS)))  # any failed call raises here
         stopper.join(60)
     survivor_served = survivor.requests_ok() - before_survivor
-    print(f"\nSIGTERM to one replica after {seen['at_sigterm']} of {CALLS} calls; it exited "
-          f"{seen['exit_code']} after {seen['at_exit']}; victim served >= {seen['victim_served']}, "
-          f"survivor {survivor_served}; all {len(vectors)} calls succeeded")  # fmt: skip
+    print(
+        f"\nSIGTERM to one replica after {seen['at_sigterm']} of {CALLS} calls; it exited "
+        f"{seen['exit_code']} after {seen['at_exit']}; victim served >= {seen['victim_served']}, "
+        f"survivor {survivor_served}; all {len(vectors)} calls succeeded"
+    )
     assert len(vectors) == CALLS and all(v.shape[0] == 1 for v in vectors)
     assert seen["exit_code"] == 0, victim.log()  # a graceful drain, not a crash
     # The victim was gone while calls were still being made, so the run really spanned the loss...
@@ -168,9 +170,11 @@ def test_sigkill_of_a_replica_mid_run_is_absorbed_by_client_retries(
             vectors = list(pool.map(lambda _: client.embed(TINY_MODEL, [png_bytes]).embeddings, range(calls)))
         killer.join(30)
     assert victim.process.wait(10) == -signal.SIGKILL
-    print(f"\nSIGKILL with {killed_at['queued']:.0f} call(s) queued on the victim; attempts by status: "
-          f"{dict(attempts.codes)}; survivor served {survivor.requests_ok() - before}; "
-          f"all {len(vectors)} calls succeeded")  # fmt: skip
+    print(
+        f"\nSIGKILL with {killed_at['queued']:.0f} call(s) queued on the victim; attempts by status: "
+        f"{dict(attempts.codes)}; survivor served {survivor.requests_ok() - before}; "
+        f"all {len(vectors)} calls succeeded"
+    )
     assert len(vectors) == calls and all(v.shape[0] == 1 for v in vectors)
     assert killed_at["queued"] >= 1
     # The crash did fail attempts on the wire, and every one of them was retried to success.

@@ -38,8 +38,17 @@ TEST_SETTINGS: dict[str, Any] = {"shutdown_grace_s": 0.0}
 def aliased_dinov2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny-dinov2 exported under another name with two `--alias` flags."""
     out = tmp_path_factory.mktemp("export") / "dino-aliased"
-    export_or_fail("dinov2", "tiny-dinov2", out, "--random-init", "--no-huge", "--alias", "acme/tiny-dino",
-                   "--alias", "tiny-dino")  # fmt: skip
+    export_or_fail(
+        "dinov2",
+        "tiny-dinov2",
+        out,
+        "--random-init",
+        "--no-huge",
+        "--alias",
+        "acme/tiny-dino",
+        "--alias",
+        "tiny-dino",
+    )
     return out
 
 

@@ -40,8 +40,13 @@ def clean_env(**extra: str) -> dict[str, str]:
 def embedder(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "embedder", *map(str, args)],
-        cwd=REPO_ROOT, env=clean_env(), capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -66,8 +71,18 @@ def clip(tiny_clip_dir: Path) -> str:
 
 
 def test_embed_prints_one_unit_vector_per_file(tiny_server: Served, files: list[Path], clip: str) -> None:
-    done = embedder("embed", *files, "--model", clip, "--normalize", "--aggregate", "mean", "--server",
-                    tiny_server.address, "--no-progress")  # fmt: skip
+    done = embedder(
+        "embed",
+        *files,
+        "--model",
+        clip,
+        "--normalize",
+        "--aggregate",
+        "mean",
+        "--server",
+        tiny_server.address,
+        "--no-progress",
+    )
 
     assert done.returncode == 0, done.stderr
     *lines, last = [json.loads(line) for line in done.stdout.splitlines()]
@@ -128,9 +143,13 @@ def serve_process(tiny_models: Path) -> Iterator[Callable[..., tuple[subprocess.
         address = f"127.0.0.1:{free_port()}"
         settings = {"EMBEDDER_ADDRESS": address, "EMBEDDER_MODELS_DIR": str(models_dir), **env}
         process = subprocess.Popen(
-            [sys.executable, "-m", "embedder", "serve"], cwd=REPO_ROOT, env=clean_env(**settings),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [sys.executable, "-m", "embedder", "serve"],
+            cwd=REPO_ROOT,
+            env=clean_env(**settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         started.append(process)
         return process, address
 
@@ -158,8 +177,9 @@ def wait_serving(address: str, process: subprocess.Popen[str], within: float = 6
     raise AssertionError(f"{address} not SERVING within {within} s")
 
 
-def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(serve_process: Callable[..., tuple[
-        subprocess.Popen[str], str]], clip: str, files: list[Path]) -> None:  # fmt: skip
+def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(
+    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], clip: str, files: list[Path]
+) -> None:
     process, address = serve_process(EMBEDDER_PRELOAD="1", EMBEDDER_SHUTDOWN_GRACE_S="2")
 
     deadline = time.monotonic() + 60
@@ -179,12 +199,16 @@ def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(serve_process: Ca
     assert "received SIGTERM" in log and "stopped" in log
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"EMBEDDER_MAX_LOADED": "0"}, "invalid settings"),
-    ({"EMBEDDER_MODELS_DIR": "/nonexistent/models"}, "cannot start"),
-])  # fmt: skip
-def test_serve_refuses_to_start_on_bad_configuration(serve_process: Callable[..., tuple[subprocess.Popen[str], str]],
-                                                     env: dict[str, str], message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EMBEDDER_MAX_LOADED": "0"}, "invalid settings"),
+        ({"EMBEDDER_MODELS_DIR": "/nonexistent/models"}, "cannot start"),
+    ],
+)
+def test_serve_refuses_to_start_on_bad_configuration(
+    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], env: dict[str, str], message: str
+) -> None:
     process, _ = serve_process(**env)
     _, log = process.communicate(timeout=30)
     assert process.returncode == 2
@@ -192,8 +216,9 @@ def test_serve_refuses_to_start_on_bad_configuration(serve_process: Callable[...
 
 
 @pytest.mark.slow
-def test_full_size_clip_starts_serving_within_budget(serve_process: Callable[..., tuple[subprocess.Popen[str], str]],
-                                                     clip_b32_dir: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_full_size_clip_starts_serving_within_budget(
+    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], clip_b32_dir: Path, tmp_path: Path
+) -> None:
     """Process start -> first SERVING health answer, with the full-size CLIP preloaded and warmed."""
     models = tmp_path / "models"
     models.mkdir()
@@ -222,8 +247,13 @@ def serve_args(*flags: str) -> argparse.Namespace:
 
 
 def test_settings_come_from_env() -> None:
-    environ = {"EMBEDDER_MAX_BATCH_SIZE": "8", "EMBEDDER_MODELS_DIR": "/srv/models", "EMBEDDER_PRELOAD": "1",
-               "EMBEDDER_IDLE_TTL_S": "2.5", "EMBEDDER_IMAGE_ROOT": ""}  # fmt: skip
+    environ = {
+        "EMBEDDER_MAX_BATCH_SIZE": "8",
+        "EMBEDDER_MODELS_DIR": "/srv/models",
+        "EMBEDDER_PRELOAD": "1",
+        "EMBEDDER_IDLE_TTL_S": "2.5",
+        "EMBEDDER_IMAGE_ROOT": "",
+    }
     settings = settings_from(serve_args(), environ)
     assert settings.max_batch_size == 8
     assert settings.models_dir == Path("/srv/models")
@@ -246,14 +276,17 @@ def test_only_the_given_environ_is_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings_from(serve_args()).max_batch_size == 9
 
 
-@pytest.mark.parametrize(("flags", "environ", "field"), [
-    ((), {"EMBEDDER_MAX_BATCH_SIZE": "lots"}, "max_batch_size"),
-    ((), {"EMBEDDER_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
-    (("--max-loaded", "0"), {}, "max_loaded"),
-    (("--log-format", "xml"), {"EMBEDDER_LOG_FORMAT": "json"}, "log_format"),
-    ((), {"EMBEDDER_PRELOAD": "maybe"}, "preload"),
-    ((), {"EMBEDDER_TLS_CERT": "/etc/cert.pem"}, "tls_cert and tls_key go together"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "environ", "field"),
+    [
+        ((), {"EMBEDDER_MAX_BATCH_SIZE": "lots"}, "max_batch_size"),
+        ((), {"EMBEDDER_MAX_BATCH_SIZE": "0"}, "max_batch_size"),
+        (("--max-loaded", "0"), {}, "max_loaded"),
+        (("--log-format", "xml"), {"EMBEDDER_LOG_FORMAT": "json"}, "log_format"),
+        ((), {"EMBEDDER_PRELOAD": "maybe"}, "preload"),
+        ((), {"EMBEDDER_TLS_CERT": "/etc/cert.pem"}, "tls_cert and tls_key go together"),
+    ],
+)
 def test_invalid_values_are_validation_errors(
     flags: tuple[str, ...], environ: dict[str, str], field: str
 ) -> None:

@@ -64,8 +64,9 @@ INVALID = (grpc.StatusCode.INVALID_ARGUMENT, ((REQUEST_ID_KEY, "abc"),))
     [([DROPPED, None], 2), ([REFUSED, DROPPED, REFUSED, None], 4)],
     ids=["dropped-then-ok", "refused-and-dropped-then-ok"],
 )
-def test_refused_or_dropped_calls_are_repeated(scripted: tuple[ScriptedEmbedder, str], script: list[Step],
-                                               calls: int) -> None:  # fmt: skip
+def test_refused_or_dropped_calls_are_repeated(
+    scripted: tuple[ScriptedEmbedder, str], script: list[Step], calls: int
+) -> None:
     servicer, address = scripted
     servicer.script = list(script)
     with EmbedderClient(address, backoff=0.01) as client:

@@ -39,8 +39,9 @@ def unit(rows: np.ndarray) -> np.ndarray:
     return rows / np.linalg.norm(rows.astype(np.float64), axis=-1, keepdims=True)
 
 
-def test_normalize_gives_unit_vectors_equal_to_normalised_raw(tiny_server: Served, model: str,
-                                                              images: list[bytes]) -> None:  # fmt: skip
+def test_normalize_gives_unit_vectors_equal_to_normalised_raw(
+    tiny_server: Served, model: str, images: list[bytes]
+) -> None:
     raw = tiny_server.embed(model, images)
     normalized = tiny_server.embed(model, images, normalize=True)
     assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)  # else the check below is vacuous
@@ -51,8 +52,9 @@ def test_normalize_gives_unit_vectors_equal_to_normalised_raw(tiny_server: Serve
 
 
 @pytest.mark.parametrize("normalize", [False, True])
-def test_mean_aggregate_equals_mean_of_singles(tiny_server: Served, model: str, images: list[bytes],
-                                               normalize: bool) -> None:  # fmt: skip
+def test_mean_aggregate_equals_mean_of_singles(
+    tiny_server: Served, model: str, images: list[bytes], normalize: bool
+) -> None:
     singles = np.stack([tiny_server.embed(model, [image], normalize=normalize)[0] for image in images])
     result = tiny_server.client.embed(model, images, normalize=normalize, aggregate="mean")
     assert result.aggregate is not None and result.aggregate.shape == (singles.shape[1],)
@@ -85,8 +87,9 @@ def test_aggregate_only_returns_only_the_aggregate(
 
 
 @pytest.mark.parametrize("flag", ["aggregate_only", "normalize_aggregate"])
-def test_aggregate_flags_without_mean_are_invalid(tiny_server: Served, model: str, images: list[bytes],
-                                                  flag: str) -> None:  # fmt: skip
+def test_aggregate_flags_without_mean_are_invalid(
+    tiny_server: Served, model: str, images: list[bytes], flag: str
+) -> None:
     request = build_request(model, images[:2])
     setattr(request, flag, True)
     error = tiny_server.rpc_error(request)

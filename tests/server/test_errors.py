@@ -42,8 +42,13 @@ class Limited:
 
 
 @pytest.fixture(scope="module")
-def limited(serving: Callable[..., AbstractContextManager[Served]], tiny_models: Path, tiny_clip_dir: Path,
-            tiny_dinov2_dir: Path, parity_set: list[ParityImage]) -> Iterator[Limited]:  # fmt: skip
+def limited(
+    serving: Callable[..., AbstractContextManager[Served]],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    tiny_dinov2_dir: Path,
+    parity_set: list[ParityImage],
+) -> Iterator[Limited]:
     settings = {
         "max_images_per_request": MAX_IMAGES,
         "max_image_bytes": MAX_IMAGE_BYTES,
@@ -106,8 +111,11 @@ def test_garbage_bytes_name_their_index(limited: Limited) -> None:
     expect(limited, request, INVALID, "image 2:", "not a supported image")
 
 
-@pytest.mark.parametrize("data", [PDF, SVG, encoded("ICO"), encoded("PPM"), encoded("TGA")],
-                         ids=["pdf", "svg", "ico", "ppm", "tga"])  # fmt: skip
+@pytest.mark.parametrize(
+    "data",
+    [PDF, SVG, encoded("ICO"), encoded("PPM"), encoded("TGA")],
+    ids=["pdf", "svg", "ico", "ppm", "tga"],
+)
 def test_formats_outside_the_allow_list_are_refused(limited: Limited, data: bytes) -> None:
     request = pb.EmbedRequest(model=limited.model, images=images(data))
     expect(limited, request, INVALID, "image 0:", "not a supported image", "allowed formats: JPEG")
@@ -152,8 +160,13 @@ def test_path_input_without_image_root_is_refused(limited: Limited) -> None:
     expect(limited, request, INVALID, "image 0:", "path inputs are disabled", "image_root")
 
 
-def test_path_inputs_under_an_image_root(serve: Callable[..., Served], tiny_models: Path, tiny_clip_dir: Path,
-                                         tmp_path: Path, parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_path_inputs_under_an_image_root(
+    serve: Callable[..., Served],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    tmp_path: Path,
+    parity_set: list[ParityImage],
+) -> None:
     root = tmp_path / "images"
     (root / "sub").mkdir(parents=True)
     data = by_name(parity_set, "gray_320x240.png")
@@ -165,8 +178,12 @@ def test_path_inputs_under_an_image_root(serve: Callable[..., Served], tiny_mode
 
     by_path = served.call(pb.EmbedRequest(model=model, images=[pb.Image(path="sub/gray.png")]))
     np.testing.assert_array_equal(by_path.embeddings[0].values, served.embed(model, [data])[0])
-    for path, reason in [("../outside.png", "without '..'"), (str(root / "sub" / "gray.png"), "must be relative"),
-                         ("escape.png", "escapes the image root"), ("sub/none.png", "not found"),
-                         ("sub", "not a regular file")]:  # fmt: skip
+    for path, reason in [
+        ("../outside.png", "without '..'"),
+        (str(root / "sub" / "gray.png"), "must be relative"),
+        ("escape.png", "escapes the image root"),
+        ("sub/none.png", "not found"),
+        ("sub", "not a regular file"),
+    ]:
         error = served.rpc_error(pb.EmbedRequest(model=model, images=[pb.Image(path=path)]))
         assert error.code() == INVALID and reason in error.details(), (path, error.details())

@@ -24,9 +24,13 @@ def names(*model_dirs: Path) -> list[str]:
     return [load_spec(d / SPEC_FILE).name for d in model_dirs]
 
 
-def test_models_are_not_serving_until_their_lazy_load(serve: Callable[..., Served], tiny_models: Path,
-                                                      tiny_clip_dir: Path, tiny_dinov2_dir: Path,
-                                                      parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_models_are_not_serving_until_their_lazy_load(
+    serve: Callable[..., Served],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    tiny_dinov2_dir: Path,
+    parity_set: list[ParityImage],
+) -> None:
     served = serve(tiny_models)
     clip, dino = names(tiny_clip_dir, tiny_dinov2_dir)
     assert served.health("") == "SERVING"
@@ -47,8 +51,9 @@ def test_unknown_service_name_is_not_found(tiny_server: Served) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_preload_serves_every_available_model_at_start(serve: Callable[..., Served], tiny_models: Path,
-                                                       tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> None:  # fmt: skip
+def test_preload_serves_every_available_model_at_start(
+    serve: Callable[..., Served], tiny_models: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path
+) -> None:
     served = serve(tiny_models, preload=True)
     for name in names(tiny_clip_dir, tiny_dinov2_dir):
         assert served.health(name) == "SERVING"
@@ -56,8 +61,9 @@ def test_preload_serves_every_available_model_at_start(serve: Callable[..., Serv
         assert served.server.cache.loads[name] == 1
 
 
-def test_after_stop_health_fails_or_reports_not_serving(serve: Callable[..., Served], tiny_models: Path,
-                                                        tiny_clip_dir: Path, parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_after_stop_health_fails_or_reports_not_serving(
+    serve: Callable[..., Served], tiny_models: Path, tiny_clip_dir: Path, parity_set: list[ParityImage]
+) -> None:
     served = serve(tiny_models)
     (clip,) = names(tiny_clip_dir)
     served.embed(clip, [parity_set[0].data])

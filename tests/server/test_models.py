@@ -24,14 +24,20 @@ REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture
-def aliased(serve: Callable[..., Served], make_models: Callable[..., Path], tmp_path: Path,
-            tiny_clip_dir: Path, aliased_dinov2_dir: Path) -> Served:  # fmt: skip
+def aliased(
+    serve: Callable[..., Served],
+    make_models: Callable[..., Path],
+    tmp_path: Path,
+    tiny_clip_dir: Path,
+    aliased_dinov2_dir: Path,
+) -> Served:
     return serve(make_models(tmp_path / "models", tiny_clip_dir, aliased_dinov2_dir))
 
 
 @pytest.mark.parametrize("alias", ["acme/tiny-dino", "tiny-dino"])
-def test_alias_resolves_to_the_canonical_model(aliased: Served, aliased_dinov2_dir: Path, alias: str,
-                                               parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_alias_resolves_to_the_canonical_model(
+    aliased: Served, aliased_dinov2_dir: Path, alias: str, parity_set: list[ParityImage]
+) -> None:
     image = [parity_set[0].data]
     by_alias = aliased.client.embed(alias, image)
     by_name = aliased.client.embed("dino-aliased", image)
@@ -46,8 +52,9 @@ def test_an_alias_is_not_a_prefix_match(aliased: Served, parity_set: list[Parity
 
 
 @pytest.mark.parametrize("model_dir", ["tiny_clip_dir", "aliased_dinov2_dir"])
-def test_model_info_describes_the_served_graph(request: pytest.FixtureRequest, aliased: Served, model_dir: str,
-                                               parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_model_info_describes_the_served_graph(
+    request: pytest.FixtureRequest, aliased: Served, model_dir: str, parity_set: list[ParityImage]
+) -> None:
     directory: Path = request.getfixturevalue(model_dir)
     spec = load_spec(directory / SPEC_FILE)
     info = aliased.call(pb.EmbedRequest(model=spec.name, images=[pb.Image(data=parity_set[0].data)])).model
@@ -105,9 +112,9 @@ BAD_SPECS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_SPECS))
-def test_invalid_model_json_fails_start_up_naming_file_and_field(case: str, make_models: Callable[..., Path],
-                                                                  tmp_path: Path, tiny_clip_dir: Path,
-                                                                  tiny_dinov2_dir: Path) -> None:  # fmt: skip
+def test_invalid_model_json_fails_start_up_naming_file_and_field(
+    case: str, make_models: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path
+) -> None:
     models = make_models(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir)
     spec_path = models / load_spec(tiny_clip_dir / SPEC_FILE).name / SPEC_FILE
     change, fragments = BAD_SPECS[case]
@@ -122,13 +129,21 @@ def test_invalid_model_json_fails_start_up_naming_file_and_field(case: str, make
         assert fragment in message, message
 
 
-@pytest.mark.parametrize(("aliases_a", "aliases_b", "claimed"), [
-    (("shared/alias",), ("shared/alias",), "shared/alias"),  # one alias on two models
-    (("tiny-clip-b",), (), "tiny-clip-b"),  # an alias that is another model's name
-])  # fmt: skip
-def test_a_name_claimed_twice_fails_start_up(aliases_a: tuple[str, ...], aliases_b: tuple[str, ...], claimed: str,
-                                             make_models: Callable[..., Path], tmp_path: Path,
-                                             tiny_clip_dir: Path) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("aliases_a", "aliases_b", "claimed"),
+    [
+        (("shared/alias",), ("shared/alias",), "shared/alias"),  # one alias on two models
+        (("tiny-clip-b",), (), "tiny-clip-b"),  # an alias that is another model's name
+    ],
+)
+def test_a_name_claimed_twice_fails_start_up(
+    aliases_a: tuple[str, ...],
+    aliases_b: tuple[str, ...],
+    claimed: str,
+    make_models: Callable[..., Path],
+    tmp_path: Path,
+    tiny_clip_dir: Path,
+) -> None:
     models = make_models(tmp_path / "models", (tiny_clip_dir, "tiny-clip-a"), (tiny_clip_dir, "tiny-clip-b"))
     for name, aliases in (("tiny-clip-a", aliases_a), ("tiny-clip-b", aliases_b)):
         spec = load_spec(models / name / SPEC_FILE)
@@ -146,8 +161,9 @@ def test_missing_models_dir_fails_start_up(tmp_path: Path) -> None:
         EmbedderServer(Settings(address="127.0.0.1:0", models_dir=tmp_path / "nowhere"))
 
 
-def test_committed_models_dir_starts_and_lists_unexported_models(serve: Callable[..., Served],
-                                                                 parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_committed_models_dir_starts_and_lists_unexported_models(
+    serve: Callable[..., Served], parity_set: list[ParityImage]
+) -> None:
     committed = {p.parent.name: load_spec(p) for p in REPO_MODELS.glob(f"*/{SPEC_FILE}")}
     assert committed, f"no model.json under {REPO_MODELS}"
     served = serve(REPO_MODELS, preload=True)  # preload skips what it cannot load

@@ -63,8 +63,9 @@ Reference = Callable[[Path], tuple[np.ndarray, np.ndarray]]
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory, parity_set: list[ParityImage],
-               tiny_server: Served) -> Iterator[Reference]:  # fmt: skip
+def references(
+    tmp_path_factory: pytest.TempPathFactory, parity_set: list[ParityImage], tiny_server: Served
+) -> Iterator[Reference]:
     """model dir -> (direct ORT vectors, PyTorch vectors) over the parity set, computed once."""
     cache: dict[Path, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -88,9 +89,12 @@ pytestmark = pytest.mark.filterwarnings("ignore:Palette images with Transparency
 
 @pytest.mark.parametrize("family_dir", FAMILIES)
 def test_one_image_per_request_equals_ort_and_pytorch(
-    request: pytest.FixtureRequest, family_dir: str, tiny_server: Served, references: Reference,
+    request: pytest.FixtureRequest,
+    family_dir: str,
+    tiny_server: Served,
+    references: Reference,
     parity_set: list[ParityImage],
-) -> None:  # fmt: skip
+) -> None:
     model_dir: Path = request.getfixturevalue(family_dir)
     name = load_spec(model_dir / SPEC_FILE).name
     direct, pytorch = references(model_dir)
@@ -106,9 +110,12 @@ def test_one_image_per_request_equals_ort_and_pytorch(
 
 @pytest.mark.parametrize("family_dir", FAMILIES)
 def test_all_images_in_one_request_equal_ort_and_pytorch(
-    request: pytest.FixtureRequest, family_dir: str, tiny_server: Served, references: Reference,
+    request: pytest.FixtureRequest,
+    family_dir: str,
+    tiny_server: Served,
+    references: Reference,
     parity_set: list[ParityImage],
-) -> None:  # fmt: skip
+) -> None:
     model_dir: Path = request.getfixturevalue(family_dir)
     name = load_spec(model_dir / SPEC_FILE).name
     direct, pytorch = references(model_dir)
@@ -124,8 +131,9 @@ def test_all_images_in_one_request_equal_ort_and_pytorch(
     assert diffs.max() <= TOLERANCE, f"{name}: over {TOLERANCE} vs PyTorch: {worst(diffs, parity_set)}"
 
 
-def test_both_families_answer_from_one_server(tiny_server: Served, tiny_clip_dir: Path,
-                                              tiny_dinov2_dir: Path, parity_set: list[ParityImage]) -> None:  # fmt: skip
+def test_both_families_answer_from_one_server(
+    tiny_server: Served, tiny_clip_dir: Path, tiny_dinov2_dir: Path, parity_set: list[ParityImage]
+) -> None:
     image = [parity_set[0].data]
     clip_spec, dino_spec = (load_spec(d / SPEC_FILE) for d in (tiny_clip_dir, tiny_dinov2_dir))
     clip = tiny_server.client.embed(clip_spec.name, image)
@@ -136,9 +144,13 @@ def test_both_families_answer_from_one_server(tiny_server: Served, tiny_clip_dir
 
 @pytest.mark.slow
 def test_full_size_models_equal_pytorch_end_to_end(
-    serving: Callable[..., AbstractContextManager[Served]], make_models: Callable[..., Path], tmp_path: Path,
-    clip_b32_dir: Path, dinov2_small_dir: Path, parity_set: list[ParityImage],
-) -> None:  # fmt: skip
+    serving: Callable[..., AbstractContextManager[Served]],
+    make_models: Callable[..., Path],
+    tmp_path: Path,
+    clip_b32_dir: Path,
+    dinov2_small_dir: Path,
+    parity_set: list[ParityImage],
+) -> None:
     """The issue's figure: image bytes -> Embed -> vector == PyTorch reference within 1e-6."""
     models = make_models(tmp_path / "models", clip_b32_dir, dinov2_small_dir)
     with serving(models) as served:
@@ -148,7 +160,9 @@ def test_full_size_models_equal_pytorch_end_to_end(
             singles = np.stack([served.embed(spec.name, [item.data])[0] for item in parity_set])
             batch = served.embed(spec.name, [item.data for item in parity_set])
             single_diffs, batch_diffs = normalized_diffs(singles, pytorch), normalized_diffs(batch, pytorch)
-            print(f"\n{spec.name}: {len(parity_set)} images, max-abs after L2 normalisation vs PyTorch: "
-                  f"one per request {single_diffs.max():.3e}, one request {batch_diffs.max():.3e}")  # fmt: skip
+            print(
+                f"\n{spec.name}: {len(parity_set)} images, max-abs after L2 normalisation vs PyTorch: "
+                f"one per request {single_diffs.max():.3e}, one request {batch_diffs.max():.3e}"
+            )
             assert single_diffs.max() <= TOLERANCE, worst(single_diffs, parity_set)
             assert batch_diffs.max() <= TOLERANCE, worst(batch_diffs, parity_set)

@@ -30,8 +30,9 @@ def request_bytes(parity_set: list[ParityImage]) -> bytes:
     return parity_set[0].data
 
 
-def test_given_id_is_echoed_and_logged(tiny_server: Served, tiny_clip_dir: Path, request_bytes: bytes,
-                                       caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_given_id_is_echoed_and_logged(
+    tiny_server: Served, tiny_clip_dir: Path, request_bytes: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
     model = load_spec(tiny_clip_dir / SPEC_FILE).name
     with caplog.at_level(logging.INFO, logger="embedder.access"):
         response, call = tiny_server.stub.Embed.with_call(
@@ -39,13 +40,16 @@ def test_given_id_is_echoed_and_logged(tiny_server: Served, tiny_clip_dir: Path,
         )
     assert len(response.embeddings) == 1
     assert echoed(call) == "pipeline-clip-42"
-    assert any("id=pipeline-clip-42" in r.getMessage() and "status=OK" in r.getMessage() for r in caplog.records)
+    assert any(
+        "id=pipeline-clip-42" in r.getMessage() and "status=OK" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_error_answers_carry_the_id_too(tiny_server: Served, request_bytes: bytes) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        tiny_server.stub.Embed(build_request("no-such-model", [request_bytes]), metadata=((KEY, "lost-1"),),
-                               timeout=60.0)  # fmt: skip
+        tiny_server.stub.Embed(
+            build_request("no-such-model", [request_bytes]), metadata=((KEY, "lost-1"),), timeout=60.0
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert echoed(caught.value) == "lost-1"
 

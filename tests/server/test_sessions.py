@@ -41,9 +41,13 @@ def expected(
     return {name_of(d): tiny_server.embed(name_of(d), [image]) for d in (tiny_clip_dir, tiny_dinov2_dir)}
 
 
-def test_concurrent_first_requests_load_a_cold_model_once(serve: Callable[..., Served], tiny_models: Path,
-                                                          tiny_clip_dir: Path, image: bytes,
-                                                          expected: dict[str, np.ndarray]) -> None:  # fmt: skip
+def test_concurrent_first_requests_load_a_cold_model_once(
+    serve: Callable[..., Served],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     served = serve(tiny_models)
     model = name_of(tiny_clip_dir)
     assert served.server.cache.loads[model] == 0
@@ -71,9 +75,14 @@ def test_concurrent_first_requests_load_a_cold_model_once(serve: Callable[..., S
     assert sum(served.server.cache.loads.values()) == 1  # the other model stayed cold
 
 
-def test_lru_evicts_and_reloads_with_identical_results(serve: Callable[..., Served], tiny_models: Path,
-                                                       tiny_clip_dir: Path, tiny_dinov2_dir: Path, image: bytes,
-                                                       expected: dict[str, np.ndarray]) -> None:  # fmt: skip
+def test_lru_evicts_and_reloads_with_identical_results(
+    serve: Callable[..., Served],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    tiny_dinov2_dir: Path,
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     served = serve(tiny_models, max_loaded=1)
     a, b = name_of(tiny_clip_dir), name_of(tiny_dinov2_dir)
     first = served.embed(a, [image])
@@ -94,9 +103,13 @@ def test_lru_evicts_and_reloads_with_identical_results(serve: Callable[..., Serv
     assert (served.health(a), served.health(b)) == ("SERVING", "NOT_SERVING")
 
 
-def test_idle_model_is_evicted_then_still_serves(serve: Callable[..., Served], tiny_models: Path,
-                                                 tiny_clip_dir: Path, image: bytes,
-                                                 expected: dict[str, np.ndarray]) -> None:  # fmt: skip
+def test_idle_model_is_evicted_then_still_serves(
+    serve: Callable[..., Served],
+    tiny_models: Path,
+    tiny_clip_dir: Path,
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     served = serve(tiny_models, idle_ttl_s=0.5)
     model = name_of(tiny_clip_dir)
     served.embed(model, [image])
@@ -114,8 +127,9 @@ def test_idle_model_is_evicted_then_still_serves(serve: Callable[..., Served], t
 
 
 @pytest.fixture
-def with_broken(tmp_path: Path, make_models: Callable[..., Path], tiny_clip_dir: Path,
-                tiny_dinov2_dir: Path) -> tuple[Path, Path]:  # fmt: skip
+def with_broken(
+    tmp_path: Path, make_models: Callable[..., Path], tiny_clip_dir: Path, tiny_dinov2_dir: Path
+) -> tuple[Path, Path]:
     """A models dir holding both tiny models and a copy of tiny-dinov2 named `broken`."""
     models = make_models(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir, (tiny_dinov2_dir, "broken"))
     return models, models / "broken"
@@ -139,9 +153,12 @@ def others_serve(served: Served, image: bytes, expected: dict[str, np.ndarray]) 
 
 
 def test_garbage_graph_with_the_old_sha_is_refused_then_retried_when_fixed(
-    serve: Callable[..., Served], with_broken: tuple[Path, Path], tiny_dinov2_dir: Path, image: bytes,
+    serve: Callable[..., Served],
+    with_broken: tuple[Path, Path],
+    tiny_dinov2_dir: Path,
+    image: bytes,
     expected: dict[str, np.ndarray],
-) -> None:  # fmt: skip
+) -> None:
     models, broken = with_broken
     good_graph = (broken / "model.onnx").read_bytes()
     (broken / "model.onnx").write_bytes(GARBAGE)
@@ -156,8 +173,12 @@ def test_garbage_graph_with_the_old_sha_is_refused_then_retried_when_fixed(
     assert served.models()["broken"].state == pb.MODEL_STATE_SERVING
 
 
-def test_garbage_graph_with_its_own_sha_fails_to_load(serve: Callable[..., Served], with_broken: tuple[Path, Path],
-                                                      image: bytes, expected: dict[str, np.ndarray]) -> None:  # fmt: skip
+def test_garbage_graph_with_its_own_sha_fails_to_load(
+    serve: Callable[..., Served],
+    with_broken: tuple[Path, Path],
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     models, broken = with_broken
     (broken / "model.onnx").write_bytes(GARBAGE)
     spec = load_spec(broken / SPEC_FILE)
@@ -174,9 +195,13 @@ def test_garbage_graph_with_its_own_sha_fails_to_load(serve: Callable[..., Serve
 
 
 def test_graph_of_another_model_is_refused_by_its_output_size(
-    serve: Callable[..., Served], with_broken: tuple[Path, Path], tiny_clip_dir: Path, tiny_dinov2_dir: Path,
-    image: bytes, expected: dict[str, np.ndarray],
-) -> None:  # fmt: skip
+    serve: Callable[..., Served],
+    with_broken: tuple[Path, Path],
+    tiny_clip_dir: Path,
+    tiny_dinov2_dir: Path,
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     models, broken = with_broken
     shutil.copyfile(tiny_clip_dir / "model.onnx", broken / "model.onnx")  # valid graph, 16-d not 32-d
     spec = load_spec(broken / SPEC_FILE)
@@ -191,9 +216,12 @@ def test_graph_of_another_model_is_refused_by_its_output_size(
 
 
 def test_missing_graph_is_listed_unavailable_and_served_once_restored(
-    serve: Callable[..., Served], with_broken: tuple[Path, Path], tiny_dinov2_dir: Path, image: bytes,
+    serve: Callable[..., Served],
+    with_broken: tuple[Path, Path],
+    tiny_dinov2_dir: Path,
+    image: bytes,
     expected: dict[str, np.ndarray],
-) -> None:  # fmt: skip
+) -> None:
     models, broken = with_broken
     graph = broken / "model.onnx"
     graph.unlink()
@@ -210,8 +238,11 @@ def test_missing_graph_is_listed_unavailable_and_served_once_restored(
 
 
 def test_graph_deleted_while_serving_only_fails_once_evicted(
-    serve: Callable[..., Served], with_broken: tuple[Path, Path], image: bytes, expected: dict[str, np.ndarray],
-) -> None:  # fmt: skip
+    serve: Callable[..., Served],
+    with_broken: tuple[Path, Path],
+    image: bytes,
+    expected: dict[str, np.ndarray],
+) -> None:
     models, broken = with_broken
     served = serve(models, max_loaded=1)
     served.embed("broken", [image])
