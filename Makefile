@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 ADDRESS ?= 127.0.0.1:50051
 MODELS_DIR ?= models
 DEFAULT_MODELS := clip-vit-base-patch32=openai/clip-vit-base-patch32=clip dinov2-small=facebook/dinov2-small=dinov2
-PROTO_GEN = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) proto/embedder/v1/embedder.proto
+# Typed stubs for the gRPC service come from mypy-protobuf's plugin (embedder_pb2_grpc.pyi).
+PROTO_GEN = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
+	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) proto/embedder/v1/embedder.proto
 
 .PHONY: run test venv proto proto-check models lint bench fuzz clean
 
@@ -29,7 +31,7 @@ proto: venv
 # Fails when the committed stubs differ from what the proto generates.
 proto-check: venv
 	@tmp=$$(mktemp -d) && $(call PROTO_GEN,$$tmp) && \
-	for f in embedder_pb2.py embedder_pb2.pyi embedder_pb2_grpc.py; do \
+	for f in embedder_pb2.py embedder_pb2.pyi embedder_pb2_grpc.py embedder_pb2_grpc.pyi; do \
 	  diff -q $$tmp/embedder/v1/$$f embedder/v1/$$f || { echo "embedder/v1/$$f is stale: run make proto"; exit 1; }; \
 	done && rm -rf $$tmp && echo "proto stubs up to date"
 
@@ -50,11 +52,15 @@ models: venv
 run: models
 	$(BIN)/embedder serve --address $(ADDRESS) --models-dir $(MODELS_DIR) --preload
 
-test: venv proto-check
+test: venv proto-check lint
 	$(BIN)/python -m pytest -q
 
+# Format, lint and types (mypy strict on embedder/, as configured in pyproject.toml).
+LINTED := embedder export tests bench tools
 lint: venv
-	$(BIN)/ruff check embedder export tests bench
+	$(BIN)/ruff format --check --quiet $(LINTED)
+	$(BIN)/ruff check --quiet $(LINTED)
+	$(BIN)/mypy
 
 bench: models
 	$(BIN)/python -m bench --models-dir $(MODELS_DIR)

@@ -15,11 +15,11 @@ import grpc
 OPEN_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
-async def _deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+async def _deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
 
 
-_DENY = grpc.unary_unary_rpc_method_handler(_deny)
+_DENY: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(_deny)
 
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
@@ -35,9 +35,9 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         if details.method.startswith(OPEN_METHODS):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())

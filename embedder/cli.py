@@ -154,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except grpc.RpcError as exc:
-        print(f"embedder {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        print(f"embedder {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
 
 

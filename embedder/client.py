@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -103,7 +103,8 @@ def retryable(exc: grpc.RpcError) -> bool:
     code = exc.code()
     if code == grpc.StatusCode.UNAVAILABLE:
         return True
-    trailers = exc.trailing_metadata() or ()  # type: ignore[attr-defined]
+    # Sync calls give _Metadatum items and aio calls a Metadata object: both iterate as (key, value).
+    trailers = cast("Iterable[tuple[str, object]]", exc.trailing_metadata() or ())
     return code == grpc.StatusCode.CANCELLED and all(key != REQUEST_ID_KEY for key, _ in trailers)
 
 
@@ -134,8 +135,8 @@ class ClientConfig:
 
 
 class EmbedderClient:
-    def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
-        self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
+    def __init__(self, target: str = "127.0.0.1:50051", **config: Any) -> None:
+        self.config = ClientConfig(target=target, **config)
         options = channel_options(self.config.max_message_bytes)
         if self.config.secure():
             creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
@@ -196,15 +197,16 @@ class EmbedderClient:
         return list(self._call(self.stub.ListModels, pb.ListModelsRequest()).models)
 
     def health(self, service: str = "") -> str:
-        response = self._call(self.health_stub.Check, health_pb2.HealthCheckRequest(service=service))
+        check = self.health_stub.Check  # type: ignore[attr-defined]  # types-grpcio-health-checking declares no methods
+        response = self._call(check, health_pb2.HealthCheckRequest(service=service))
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
 class AsyncEmbedderClient:
     """The asyncio twin of EmbedderClient (grpc.aio), same defaults."""
 
-    def __init__(self, target: str = "127.0.0.1:50051", **config: object) -> None:
-        self.config = ClientConfig(target=target, **config)  # type: ignore[arg-type]
+    def __init__(self, target: str = "127.0.0.1:50051", **config: Any) -> None:
+        self.config = ClientConfig(target=target, **config)
         options = channel_options(self.config.max_message_bytes)
         if self.config.secure():
             creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)

@@ -56,7 +56,8 @@ class EmbedResult:
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+    normalized: np.ndarray = (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
+    return normalized
 
 
 class Engine:

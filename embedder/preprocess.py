@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .errors import InvalidImage
 from .spec import RESAMPLE_CODES, Preprocessing
@@ -57,7 +57,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
             _check_size(image, limits)
             image.load()
             return image if image.mode == "RGB" else image.convert("RGB")
-    except Image.UnidentifiedImageError:
+    except UnidentifiedImageError:
         raise InvalidImage(
             f"not a supported image (allowed formats: {', '.join(limits.formats)})", kind="format"
         ) from None

@@ -49,7 +49,9 @@ class HealthServicer(health.aio.HealthServicer):
         self._watches: set[asyncio.Future[None]] = set()
         self._ending = False
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         # The stream runs as an inner task: cancelling that one (not the call's own task, whose
         # cancellation gRPC turns into a wait for the end of the grace) lets the call end with OK.
         stream = asyncio.ensure_future(super().Watch(request, context))

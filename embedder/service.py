@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import numpy as np
@@ -120,7 +121,9 @@ class Outcome:
 
 @asynccontextmanager
 async def translated_errors(
-    context: grpc.aio.ServicerContext, request_id: str = "-", ended: Callable[[Outcome], None] | None = None
+    context: grpc.aio.ServicerContext[Any, Any],
+    request_id: str = "-",
+    ended: Callable[[Outcome], None] | None = None,
 ) -> AsyncIterator[Outcome]:
     """Errors become statuses. `ended(outcome)` runs before the answer goes out, so the metrics
     and access log already hold a call by the time its caller has the answer."""
@@ -152,7 +155,7 @@ def _bounded(message: str) -> str:
     return message if len(message) <= MAX_STATUS_MESSAGE else message[: MAX_STATUS_MESSAGE - 3] + "..."
 
 
-def ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+def ended_early(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
     """Why gRPC cancelled a handler: its deadline passed, or the caller went away."""
     remaining = context.time_remaining()
     return (
@@ -162,7 +165,7 @@ def ended_early(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
     )
 
 
-def call_deadline(context: grpc.aio.ServicerContext) -> float | None:
+def call_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     """The caller's deadline as a time.monotonic() value; None when the call has none (gRPC then
     reports an effectively infinite time remaining, which no timeout can hold)."""
     remaining = context.time_remaining()
@@ -175,7 +178,7 @@ _ID_PREFIX = uuid.uuid4().hex[:8]  # per process, so ids from several replicas n
 _id_counter = itertools.count(1)
 
 
-def request_id(context: grpc.aio.ServicerContext) -> str:
+def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's x-request-id, or a new one; echoed back in the trailing metadata, which goes
     out with the status (no extra send on the hot path)."""
     given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
@@ -230,7 +233,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
     async def Embed(
-        self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext
+        self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EmbedResponse:
         started = time.perf_counter()
         rid = request_id(context)
@@ -273,7 +276,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         return response
 
     async def ListModels(
-        self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext
+        self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
         with self._tracked():
             async with translated_errors(context):

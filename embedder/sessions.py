@@ -132,7 +132,7 @@ class SessionCache:
             seconds,
             entry.spec.weights_kind.upper(),
             self.intra_op_threads,
-            entry.spec.onnx_sha256[:12],
+            (entry.spec.onnx_sha256 or "")[:12],
         )
         if entry.spec.weights_kind == "random-init":
             log.warning(

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 SPEC_FILE = "model.json"
 PARITY_FILE = "parity.json"
 MAX_SPEC_BYTES = 1 << 20  # a model.json is a few KB
