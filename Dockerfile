@@ -70,7 +70,7 @@ CMD ["--help"]
 FROM base AS runtime-base
 WORKDIR /app
 # The wheel comes in through a bind mount, so it never becomes a layer of this image.
-# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio (STYLE 11).
+# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir /wheels/*.whl
 # Root-owned and read-only to the server: it only ever reads models.

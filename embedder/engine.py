@@ -1,4 +1,4 @@
-"""One request through pre -> core -> post (STYLE 5).
+"""One request through pre -> core -> post.
 
 pre:  read and decode each image, resize, crop, normalise (a thread pool; Pillow releases the GIL),
       between inference runs rather than beside them (turns.py)

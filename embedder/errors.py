@@ -1,5 +1,5 @@
 """One error hierarchy; each error carries its gRPC status. The servicer is the one place that
-translates them (STYLE 8); anything else becomes a plain INTERNAL with the traceback logged."""
+translates them; anything else becomes a plain INTERNAL with the traceback logged."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Torch-free preprocessing that reproduces the Hugging Face slow image processors bit for bit.
 
-The order is fixed and written down once (STYLE 4):
+The order is fixed and written down once:
     decode -> RGB -> resize -> center crop -> rescale -> normalize -> CHW float32
 
 How it stays bit-identical to `CLIPImageProcessor` / `BitImageProcessor` (use_fast=False):

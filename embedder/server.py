@@ -1,4 +1,4 @@
-"""The server's lifecycle (STYLE 9): NOT_SERVING -> load and warm up -> SERVING; on stop,
+"""The server's lifecycle: NOT_SERVING -> load and warm up -> SERVING; on stop,
 NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period.
 
 gRPC runs on asyncio (`grpc.aio`) in a thread of its own: one event loop answers every call, and a

@@ -1,6 +1,6 @@
-"""The protobuf edge (STYLE 7): requests become domain values, results and errors become messages.
+"""The protobuf edge: requests become domain values, results and errors become messages.
 
-This is the one place errors are translated to gRPC statuses (STYLE 8): an `EmbedderError`
+This is the one place errors are translated to gRPC statuses: an `EmbedderError`
 carries its own status and message; anything else is logged with its traceback and answered with
 a plain INTERNAL that leaks nothing.
 """

@@ -1,7 +1,7 @@
 """One ONNX Runtime session per model, loaded once, warmed up, evicted by LRU or idle time.
 
 Loading happens under the model's own lock, so many first requests racing for a cold model cause
-exactly one load while other models keep serving (STYLE 6). Sessions run concurrently with no
+exactly one load while other models keep serving. Sessions run concurrently with no
 lock; eviction only drops the cache's reference, so a batch already running keeps its session.
 """
 

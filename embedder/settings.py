@@ -1,4 +1,4 @@
-"""Server settings: typed, validated once, passed in (STYLE 10).
+"""Server settings: typed, validated once, passed in.
 
 Each field is a `serve` flag (`--max-batch-size`) and an environment variable
 (`EMBEDDER_MAX_BATCH_SIZE`); a flag wins over the variable, the variable over the default.

@@ -1,6 +1,6 @@
 """The schema of `models/<name>/model.json`: one class, written by the exporter, read by the server.
 
-Every model the server can serve is described by data only (STYLE 2): the graph contract
+Every model the server can serve is described by data only: the graph contract
 (`pixel_values` float32 [N,3,H,W] -> `embedding` float32 [N,D]), the exact preprocessing the
 export gate proved equal to the Hugging Face slow processor, and where the weights came from.
 Validation is strict (unknown keys and bad values are errors) and the objects are frozen.

@@ -1,4 +1,4 @@
-"""Family-specific code lives here only (STYLE 2): how to load each family, the PyTorch reference
+"""Family-specific code lives here only: how to load each family, the PyTorch reference
 the gate compares against, and the module that is exported to the common graph contract
 `pixel_values` [N,3,H,W] -> `embedding` [N,D]."""
 

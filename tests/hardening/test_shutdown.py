@@ -1,4 +1,4 @@
-"""SIGTERM under load against a real `embedder serve` process (STYLE 9): NOT_SERVING, refuse new
+"""SIGTERM under load against a real `embedder serve` process: NOT_SERVING, refuse new
 calls, finish every accepted call, exit 0 within the grace period.
 
 Every call carries its own `x-request-id`, so each one is followed from both ends:

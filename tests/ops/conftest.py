@@ -1,5 +1,5 @@
 """Fixtures for the operations tests: the repository's Dockerfile, a tiny model exported through
-the real exporter, and real `embedder serve` processes on 127.0.0.1 (STYLE 12: no mocks)."""
+the real exporter, and real `embedder serve` processes on 127.0.0.1 (no mocks)."""
 
 from __future__ import annotations
 
