@@ -22,8 +22,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from embedder.client import build_request, channel_options
+from embedder.client import build_request
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.wire import channel_options
 
 
 def main() -> None:

@@ -26,9 +26,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
+from .wire import DEFAULT_MAX_MESSAGE_BYTES, REQUEST_ID_KEY, channel_options
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20  # the server's default
-REQUEST_ID_KEY = "x-request-id"  # the server echoes it in the trailing metadata of every Embed
 ImageLike = bytes | str | Path
 T = TypeVar("T")
 
@@ -74,16 +73,6 @@ def to_numpy(response: pb.EmbedResponse) -> Embeddings:
         np.array(response.aggregate.values, dtype=np.float32) if response.HasField("aggregate") else None
     )
     return Embeddings(vectors, aggregate, response.model)
-
-
-def channel_options(max_message_bytes: int, round_robin: bool = True) -> list[tuple[str, object]]:
-    options: list[tuple[str, object]] = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-    if round_robin:
-        options.append(("grpc.lb_policy_name", "round_robin"))
-    return options
 
 
 def _credentials(root_ca: bytes | None, cert: bytes | None, key: bytes | None) -> grpc.ChannelCredentials:

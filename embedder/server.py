@@ -22,7 +22,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import TokenAuthInterceptor
-from .client import channel_options
 from .cpus import plan_threads
 from .engine import Engine
 from .errors import EmbedderError
@@ -31,6 +30,7 @@ from .service import SERVICE_NAME, EmbedderService
 from .sessions import ModelState, SessionCache
 from .settings import Settings
 from .telemetry import Telemetry
+from .wire import channel_options
 
 log = logging.getLogger(__name__)
 _SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -22,7 +22,6 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from .client import REQUEST_ID_KEY
 from .engine import EmbedOptions, EmbedResult, Engine
 from .errors import EmbedderError, InvalidRequest, image_kinds
 from .repository import ModelEntry
@@ -31,6 +30,7 @@ from .sources import ImageSource
 from .telemetry import Telemetry
 from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
+from .wire import REQUEST_ID_KEY
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-MiB = 1 << 20
+from .wire import DEFAULT_MAX_MESSAGE_BYTES, MiB
 
 
 class Settings(BaseModel):
@@ -35,7 +35,9 @@ class Settings(BaseModel):
     max_queue_images: int = Field(
         256, ge=1, description="images waiting per model; beyond: RESOURCE_EXHAUSTED"
     )
-    max_message_bytes: int = Field(64 * MiB, ge=MiB, description="largest gRPC message, either direction")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES, ge=MiB, description="largest gRPC message, either direction"
+    )
     max_images_per_request: int = Field(256, ge=1, description="images in one Embed request")
     max_image_bytes: int = Field(32 * MiB, ge=1, description="encoded size of one image")
     max_image_pixels: int = Field(

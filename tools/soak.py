@@ -49,9 +49,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from embedder.client import channel_options
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.wire import channel_options
 
 EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 

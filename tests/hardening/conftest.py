@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from embedder.client import channel_options
 from embedder.preprocess import DecodeLimits, Preprocessor
 from embedder.runtime import open_session, run
 from embedder.server import EmbedderServer
@@ -31,6 +30,7 @@ from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, load_spec
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.wire import channel_options
 from tests.hardening.corpus import encode, picture
 from tests.hardening.process import ServerProcess
 

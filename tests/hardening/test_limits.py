@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.client import DEFAULT_MAX_MESSAGE_BYTES, EmbedderClient
-from embedder.settings import MiB, Settings
+from embedder.client import EmbedderClient
+from embedder.settings import Settings
+from embedder.wire import DEFAULT_MAX_MESSAGE_BYTES, MiB
 from tests.hardening.conftest import CLIP, Served, image_request, offline_for
 from tests.hardening.corpus import chunk, encode, picture, png, random_bytes, zip_bomb_png
 

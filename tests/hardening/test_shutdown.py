@@ -28,9 +28,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from embedder.client import REQUEST_ID_KEY, retryable
+from embedder.client import retryable
 from embedder.server import STOP_GRACE_S
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.wire import REQUEST_ID_KEY
 from tests.hardening.conftest import image_request
 from tests.hardening.corpus import encode, picture
 from tests.hardening.process import ServerProcess, health_status

@@ -16,9 +16,10 @@ from concurrent import futures
 import grpc
 import pytest
 
-from embedder.client import REQUEST_ID_KEY, AsyncEmbedderClient, EmbedderClient
+from embedder.client import AsyncEmbedderClient, EmbedderClient
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from embedder.wire import REQUEST_ID_KEY
 
 Step = tuple[grpc.StatusCode, tuple[tuple[str, str], ...]] | None  # None: answer OK
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from embedder.settings import MiB
 from embedder.spec import SPEC_FILE, load_spec
 from embedder.v1 import embedder_pb2 as pb
+from embedder.wire import MiB
 from export.images import ParityImage
 
 if TYPE_CHECKING:
