@@ -63,8 +63,6 @@ class SessionCache:
         self.intra_op_threads = intra_op_threads
         self.max_loaded = max_loaded
         self.idle_ttl_s = idle_ttl_s
-        self.loads: dict[str, int] = {name: 0 for name in repository.entries}
-        self.evictions = 0
         self._listener = listener or (lambda name, state, seconds: None)
         self._lock = threading.Lock()
         self._model_locks = {name: threading.Lock() for name in repository.entries}
@@ -124,7 +122,6 @@ class SessionCache:
         release_free_memory()  # the graph file's transient copy, freed once the session holds its weights
         with self._lock:
             self._resident[entry.name] = _Resident(session)
-            self.loads[entry.name] += 1
         self._set(entry.name, _Status(ModelState.SERVING, load_seconds=seconds))
         log.info(
             "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s)",
@@ -181,7 +178,6 @@ class SessionCache:
         return victims
 
     def _evicted(self, name: str, why: str) -> None:
-        self.evictions += 1
         self._set(name, _Status(ModelState.AVAILABLE))
         log.info("model %s evicted (%s)", name, why)
 

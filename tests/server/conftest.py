@@ -112,6 +112,13 @@ class Served:
         response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample of the server's own Prometheus registry (0 when the series does not exist yet)."""
+        return self.server.telemetry.registry.get_sample_value(name, labels) or 0.0
+
+    def loads(self, model: str) -> float:
+        return self.metric("embedder_model_loads_total", model=model)
+
     def models(self) -> dict[str, pb.ModelStatus]:
         return {m.info.name: m for m in self.client.list_models()}
 

@@ -58,7 +58,7 @@ def test_preload_serves_every_available_model_at_start(
     for name in names(tiny_clip_dir, tiny_dinov2_dir):
         assert served.health(name) == "SERVING"
         assert served.models()[name].loaded
-        assert served.server.cache.loads[name] == 1
+        assert served.loads(name) == 1
 
 
 def test_after_stop_health_fails_or_reports_not_serving(

@@ -50,7 +50,7 @@ def test_concurrent_first_requests_load_a_cold_model_once(
 ) -> None:
     served = serve(tiny_models)
     model = name_of(tiny_clip_dir)
-    assert served.server.cache.loads[model] == 0
+    assert served.loads(model) == 0
     threads, barrier = 16, threading.Barrier(16)
     results: list[np.ndarray | BaseException] = [RuntimeError("not run")] * threads
 
@@ -71,8 +71,8 @@ def test_concurrent_first_requests_load_a_cold_model_once(
     assert not failures, failures
     for result in results:
         np.testing.assert_array_equal(result, expected[model])
-    assert served.server.cache.loads[model] == 1
-    assert sum(served.server.cache.loads.values()) == 1  # the other model stayed cold
+    assert served.loads(model) == 1
+    assert sum(served.loads(name) for name in served.server.repository.entries) == 1  # the other stayed cold
 
 
 def test_lru_evicts_and_reloads_with_identical_results(
@@ -96,8 +96,9 @@ def test_lru_evicts_and_reloads_with_identical_results(
 
     again = served.embed(a, [image])
 
-    assert served.server.cache.loads == {a: 2, b: 1}
-    assert served.server.cache.evictions == 2  # a for b, then b for a
+    assert (served.loads(a), served.loads(b)) == (2, 1)
+    evictions = [served.metric("embedder_evictions_total", model=m) for m in (a, b)]
+    assert evictions == [1, 1]  # a for b, then b for a
     np.testing.assert_array_equal(again, first)
     np.testing.assert_array_equal(again, expected[a])
     assert (served.health(a), served.health(b)) == ("SERVING", "NOT_SERVING")
@@ -123,7 +124,7 @@ def test_idle_model_is_evicted_then_still_serves(
     assert served.health(model) == "NOT_SERVING"
     assert served.models()[model].state == pb.MODEL_STATE_AVAILABLE
     np.testing.assert_array_equal(served.embed(model, [image]), expected[model])
-    assert served.server.cache.loads[model] == 2
+    assert served.loads(model) == 2
 
 
 @pytest.fixture
