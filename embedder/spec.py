@@ -32,6 +32,8 @@ RESAMPLE_CODES: dict[str, int] = {
     "hamming": 5,
 }
 Resample = Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"]
+# The poolings each family's graph can be exported with; the first is the family's default.
+POOLINGS: dict[str, tuple[str, ...]] = {"clip": ("projected",), "dinov2": ("cls", "mean", "cls+mean")}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -154,8 +156,7 @@ class ModelSpec(_Frozen):
 
     @model_validator(mode="after")
     def _pooling_fits_family(self) -> ModelSpec:
-        allowed = {"clip": {"projected"}, "dinov2": {"cls", "mean", "cls+mean"}}[self.family]
-        if self.pooling not in allowed:
+        if self.pooling not in POOLINGS[self.family]:
             raise ValueError(f"pooling {self.pooling!r} is not valid for family {self.family!r}")
         return self
 

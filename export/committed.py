@@ -10,11 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from transformers import BitImageProcessor, CLIPConfig, CLIPImageProcessor, Dinov2Config
-
-from embedder.spec import SPEC_FILE, ModelSpec, write_spec
+from embedder.spec import POOLINGS, SPEC_FILE, ModelSpec, write_spec
 
 from .architectures import ARCHITECTURES
+from .families import TABLE
 from .spec_writer import preprocessing_from_processor
 
 # model directory name -> hub id
@@ -27,21 +26,17 @@ DEFAULT_MODELS = {
 
 def committed_spec(name: str, hub_id: str) -> ModelSpec:
     arch = ARCHITECTURES[hub_id]
-    kwargs = {k: v for k, v in arch.processor.items() if k != "image_processor_type"}
-    if arch.family == "clip":
-        processor = CLIPImageProcessor(**kwargs)
-        dim, pooling = CLIPConfig(**arch.config).projection_dim, "projected"
-    else:
-        processor = BitImageProcessor(**kwargs)
-        dim, pooling = Dinov2Config(**arch.config).hidden_size, "cls"
-    return ModelSpec(
-        name=name,
-        aliases=(hub_id,),
-        family=arch.family,  # type: ignore[arg-type]
-        pooling=pooling,  # type: ignore[arg-type]
-        embedding_dim=dim,
-        onnx_file="model.onnx",
-        preprocessing=preprocessing_from_processor(processor),
+    row, pooling = TABLE[arch.family], POOLINGS[arch.family][0]
+    return ModelSpec.model_validate(
+        {
+            "name": name,
+            "aliases": (hub_id,),
+            "family": arch.family,
+            "pooling": pooling,
+            "embedding_dim": row.embedding_dim(arch, pooling),
+            "onnx_file": "model.onnx",
+            "preprocessing": preprocessing_from_processor(row.random_processor(arch)),
+        }
     )
 
 

@@ -11,12 +11,50 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoImageProcessor, CLIPConfig, CLIPModel, Dinov2Config, Dinov2Model
+from transformers import (
+    AutoImageProcessor,
+    BitImageProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    Dinov2Config,
+    Dinov2Model,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from embedder.spec import POOLINGS
 
 from .architectures import Architecture
 
-FAMILIES = ("clip", "dinov2")
-POOLINGS = {"clip": ("projected",), "dinov2": ("cls", "mean", "cls+mean")}
+FAMILIES = tuple(POOLINGS)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the exporter needs to know of a family, in one row each."""
+
+    model: type[PreTrainedModel]
+    config: type[PretrainedConfig]
+    processor: type[Any]  # the slow (PIL) image processor its checkpoints use
+    dim: Callable[[Any, str], int]  # (config, pooling) -> embedding width
+
+    def random_processor(self, arch: Architecture) -> Any:
+        return self.processor(**{k: v for k, v in arch.processor.items() if k != "image_processor_type"})
+
+    def embedding_dim(self, arch: Architecture, pooling: str) -> int:
+        return self.dim(self.config(**arch.config), pooling)
+
+
+TABLE = {
+    "clip": Family(CLIPModel, CLIPConfig, CLIPImageProcessor, lambda config, pooling: config.projection_dim),
+    "dinov2": Family(
+        Dinov2Model,
+        Dinov2Config,
+        BitImageProcessor,
+        lambda config, pooling: config.hidden_size * (2 if pooling == "cls+mean" else 1),
+    ),
+}
 
 
 def dinov2_pool(last_hidden_state: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -88,36 +126,21 @@ def load(family: str, source: str, pooling: str) -> Loaded:
         processor = AutoImageProcessor.from_pretrained(source, use_fast=False)
     except OSError as exc:  # no such directory, no hub access, not a checkpoint
         raise SystemExit(f"cannot load an image processor from {source!r}: {exc}") from None
-    if family == "clip":
-        clip = CLIPModel.from_pretrained(source).eval()
-        return Loaded(
-            family,
-            clip,
-            processor,
-            lambda px: clip.get_image_features(pixel_values=px),
-            clip.config.projection_dim,
-        )
-    dino = Dinov2Model.from_pretrained(source).eval()
-    width = dino.config.hidden_size * (2 if pooling == "cls+mean" else 1)
+    row = TABLE[family]
+    model = row.model.from_pretrained(source).eval()
+    dim = row.dim(model.config, pooling)
+    if isinstance(model, CLIPModel):
+        clip = model
+        return Loaded(family, clip, processor, lambda px: clip.get_image_features(pixel_values=px), dim)
+    dino = model
     return Loaded(
-        family,
-        dino,
-        processor,
-        lambda px: dinov2_pool(dino(pixel_values=px).last_hidden_state, pooling),
-        width,
+        family, dino, processor, lambda px: dinov2_pool(dino(pixel_values=px).last_hidden_state, pooling), dim
     )
 
 
 def save_random_init(arch: Architecture, seed: int, directory: Path) -> None:
     """Seeded random weights for a known architecture, saved as a checkpoint (no download)."""
-    from transformers import BitImageProcessor, CLIPImageProcessor
-
+    row = TABLE[arch.family]
     torch.manual_seed(seed)
-    if arch.family == "clip":
-        model: torch.nn.Module = CLIPModel(CLIPConfig(**arch.config))
-    else:
-        model = Dinov2Model(Dinov2Config(**arch.config))
-    model.save_pretrained(directory)  # type: ignore[attr-defined]
-    processor_kwargs = {k: v for k, v in arch.processor.items() if k != "image_processor_type"}
-    processor_cls = CLIPImageProcessor if arch.family == "clip" else BitImageProcessor
-    processor_cls(**processor_kwargs).save_pretrained(directory)
+    row.model(row.config(**arch.config)).save_pretrained(directory)
+    row.random_processor(arch).save_pretrained(directory)
