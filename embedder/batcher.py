@@ -29,6 +29,12 @@ from .turns import CpuTurns
 log = logging.getLogger(__name__)
 
 RunBatch = Callable[[np.ndarray], np.ndarray]
+# Called before each batch takes its CPU turn; returns what runs the batch. Loading a model (an
+# evicted one) happens there, so a load never holds the cores' turn from decodes and other models.
+Runner = Callable[[], RunBatch]
+# How long a batch waits for images still being decoded: decoding happens between runs (turns.py),
+# so those images are what the next batch is made of (measured: docs/performance.md, design choices).
+FILL_WAIT_S = 0.05
 BatchObserver = Callable[[str, int, float], None]  # model, batch size, seconds
 
 
@@ -51,16 +57,16 @@ class Batcher:
     def __init__(
         self,
         name: str,
-        run_batch: RunBatch,
+        runner: Runner,
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
         observer: BatchObserver | None = None,
         turns: CpuTurns | None = None,
-        max_fill_wait_s: float = 0.05,
+        max_fill_wait_s: float = FILL_WAIT_S,
     ) -> None:
         self.name = name
-        self._run_batch = run_batch
+        self._runner = runner
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
@@ -169,9 +175,10 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         try:
             batch = np.stack([job.pixels for job in jobs])
+            run_batch = self._runner()
             with self._turns.run():
                 started = time.perf_counter()  # the run itself, not the wait for its turn
-                out = self._run_batch(batch)
+                out = run_batch(batch)
                 seconds = time.perf_counter() - started
         except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
             for job in jobs:

@@ -12,10 +12,12 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 
 from .batcher import Batcher, BatchObserver
 from .errors import (
@@ -92,7 +94,7 @@ class Engine:
             if name not in self._batchers:
                 self._batchers[name] = Batcher(
                     name,
-                    lambda pixels: self._run(name, pixels),
+                    lambda: self._runner(name),
                     max_batch=self.settings.max_batch_size
                     if self.repository.entries[name].spec.batch_invariant
                     else 1,
@@ -103,10 +105,14 @@ class Engine:
                 )
             return self._batchers[name]
 
-    def _run(self, name: str, pixels: np.ndarray) -> np.ndarray:
+    def _runner(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """The model's session, loaded now if it was evicted since the request was admitted."""
+        session = self.cache.get(name)
+        return lambda pixels: self._run(name, session, pixels)
+
+    def _run(self, name: str, session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
         """One batch through the model's graph, held to its contract: a graph that fails or gives
         the wrong shape is the model's fault (UNAVAILABLE), not the request's or the server's."""
-        session = self.cache.get(name)
         dim = self.repository.entries[name].spec.embedding_dim
         try:
             vectors = run(session, pixels)
@@ -131,14 +137,17 @@ class Engine:
             return {name: batcher.depth() for name, batcher in self._batchers.items()}
 
     async def embed(
-        self, model: str, sources: list[ImageSource], options: EmbedOptions, deadline: float | None = None
+        self,
+        entry: ModelEntry,
+        sources: list[ImageSource],
+        options: EmbedOptions,
+        deadline: float | None = None,
     ) -> EmbedResult:
         """Runs on the server's event loop and never blocks it: decoding runs in the worker pool,
         inference in the model's batcher thread, a model load in a helper thread. `deadline` is a
         time.monotonic() value; past it the work is dropped, not run. Cancelling the coroutine
         (the caller went away) drops the request's decoding and inference not yet started."""
         self._check_request(sources, options)
-        entry = self.repository.resolve(model)
         if self.cache.cached(entry.name) is None:
             await asyncio.to_thread(self.cache.get, entry.name)  # an unusable model fails before decoding
         if deadline is not None and time.monotonic() >= deadline:

@@ -8,7 +8,6 @@ a plain INTERNAL that leaks nothing.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
@@ -109,6 +108,16 @@ def _options(request: pb.EmbedRequest) -> EmbedOptions:
         normalize_aggregate=request.normalize_aggregate,
         aggregate_only=request.aggregate_only,
     )
+
+
+@dataclass
+class CallRecord:
+    """What the access log and metrics say of one Embed call."""
+
+    request_id: str
+    # The resolved name, never the caller's string: a caller-chosen label would grow the metric set.
+    model: str = "unknown"
+    images: int = 0
 
 
 @dataclass
@@ -236,36 +245,27 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EmbedResponse:
         started = time.perf_counter()
-        rid = request_id(context)
+        call = CallRecord(request_id(context))
 
         def ended(outcome: Outcome) -> None:
-            self._record(request, outcome, time.perf_counter() - started, rid)
+            self._record(call, outcome, time.perf_counter() - started)
 
         with self._tracked():
-            async with translated_errors(context, rid, ended):
+            async with translated_errors(context, call.request_id, ended):
                 if isinstance(request, Malformed):
                     raise request.refuse()
+                call.images = len(request.images)
+                entry = self.engine.repository.resolve(request.model)
+                call.model = entry.name
                 deadline = call_deadline(context)
-                result = await self.engine.embed(
-                    request.model, _sources(request), _options(request), deadline
-                )
+                result = await self.engine.embed(entry, _sources(request), _options(request), deadline)
                 return self._response(result)
         raise AssertionError("unreachable: abort raises")
 
-    def _record(
-        self, request: pb.EmbedRequest | Malformed, outcome: Outcome, seconds: float, rid: str
-    ) -> None:
+    def _record(self, call: CallRecord, outcome: Outcome, seconds: float) -> None:
         for kind in image_kinds(outcome.error):
             self.telemetry.decode_failed(kind)
-        model, images = (
-            "unknown",
-            0,
-        )  # never a caller-chosen label: that would let clients grow the metric set
-        if not isinstance(request, Malformed):
-            images = len(request.images)
-            with contextlib.suppress(EmbedderError):
-                model = self.engine.repository.resolve(request.model).name
-        self.telemetry.request_done(model, images, outcome.code.name, seconds, rid)
+        self.telemetry.request_done(call.model, call.images, outcome.code.name, seconds, call.request_id)
 
     def _response(self, result: EmbedResult) -> pb.EmbedResponse:
         response = pb.EmbedResponse(

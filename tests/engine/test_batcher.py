@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from embedder.batcher import Batcher
+from embedder.batcher import Batcher, RunBatch, Runner
 from embedder.errors import DeadlineExpired, LimitExceeded, Overloaded
+from embedder.turns import CpuTurns
 
 
 def _pixels(value: float) -> np.ndarray:
@@ -30,10 +31,15 @@ class Recorder:
         return batch.sum(axis=(2, 3))
 
 
+def runner(model: RunBatch) -> Runner:
+    """A model that needs no loading."""
+    return lambda: model
+
+
 def test_rows_come_back_in_order_and_batches_respect_the_maximum() -> None:
     model = Recorder()
     model.gate.clear()
-    batcher = Batcher("m", model, max_batch=4, max_delay_s=0.05, max_queue=100)
+    batcher = Batcher("m", runner(model), max_batch=4, max_delay_s=0.05, max_queue=100)
     first = batcher.submit([_pixels(-1)], None)  # occupies the runner while the rest queue up
     time.sleep(0.1)
     futures = batcher.submit([_pixels(i) for i in range(10)], None)
@@ -47,7 +53,7 @@ def test_rows_come_back_in_order_and_batches_respect_the_maximum() -> None:
 
 
 def test_admission_is_refused_at_once_when_full_and_freed_on_answer() -> None:
-    batcher = Batcher("m", Recorder(), max_batch=1, max_delay_s=0.0, max_queue=3)
+    batcher = Batcher("m", runner(Recorder()), max_batch=1, max_delay_s=0.0, max_queue=3)
     with batcher.admit(2):
         assert batcher.depth() == 2
         started = time.perf_counter()
@@ -65,7 +71,7 @@ def test_admission_is_refused_at_once_when_full_and_freed_on_answer() -> None:
 def test_expired_and_cancelled_work_never_reaches_the_model() -> None:
     model = Recorder()
     model.gate.clear()
-    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100)
+    batcher = Batcher("m", runner(model), max_batch=8, max_delay_s=0.0, max_queue=100)
     batcher.submit([_pixels(0)], None)
     time.sleep(0.05)
     expired = batcher.submit([_pixels(1)], deadline=time.monotonic() + 0.01)
@@ -91,7 +97,7 @@ def test_a_failing_run_fails_every_request_in_it_and_the_batcher_survives() -> N
             raise RuntimeError("boom")
         return batch.sum(axis=(2, 3))
 
-    batcher = Batcher("m", flaky, max_batch=8, max_delay_s=0.0, max_queue=100)
+    batcher = Batcher("m", runner(flaky), max_batch=8, max_delay_s=0.0, max_queue=100)
     with pytest.raises(RuntimeError, match="boom"):
         batcher.submit([_pixels(1)], None)[0].result(5)
     assert batcher.submit([_pixels(2)], None)[0].result(5)[0] == pytest.approx(8.0)
@@ -103,7 +109,7 @@ def test_images_still_being_decoded_join_the_batch() -> None:
     arrives would be a batch of one. Admitted images not yet submitted are waited for, up to
     max_fill_wait_s, though max_delay_s is long past."""
     model = Recorder()
-    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=2.0)
+    batcher = Batcher("m", runner(model), max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=2.0)
     with batcher.admit(1) as first, batcher.admit(2) as second:
         futures = batcher.submit([_pixels(1)], None, first)
         time.sleep(0.2)  # "decoding" the second request
@@ -117,7 +123,7 @@ def test_an_admission_that_ends_undecoded_stops_the_wait_at_once() -> None:
     """A request whose image failed to decode never submits: the batch must not wait out
     max_fill_wait_s for it."""
     model = Recorder()
-    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
+    batcher = Batcher("m", runner(model), max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
     started = time.monotonic()
     with batcher.admit(1) as first:
         with batcher.admit(1):
@@ -132,9 +138,36 @@ def test_an_admission_that_ends_undecoded_stops_the_wait_at_once() -> None:
 
 def test_without_images_in_decoding_a_lone_image_runs_at_once() -> None:
     model = Recorder()
-    batcher = Batcher("m", model, max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
+    batcher = Batcher("m", runner(model), max_batch=8, max_delay_s=0.0, max_queue=100, max_fill_wait_s=5.0)
     started = time.monotonic()
     with batcher.admit(1) as only:
         assert batcher.submit([_pixels(1)], None, only)[0].result(5)[0] == pytest.approx(4.0)
     assert time.monotonic() - started < 1.0
     batcher.close()
+
+
+def test_a_model_loading_before_its_batch_does_not_hold_the_cores_turn() -> None:
+    """A model evicted after a request was admitted is loaded by the batcher's runner, before the
+    batch asks for its CPU turn: meanwhile other models' batches and the decodes go on."""
+    turns = CpuTurns()
+    loading, release = threading.Event(), threading.Event()
+
+    def slow_load() -> RunBatch:
+        loading.set()
+        release.wait(10)
+        return Recorder()
+
+    evicted = Batcher("evicted", slow_load, max_batch=8, max_delay_s=0.0, max_queue=100, turns=turns)
+    other = Batcher("other", runner(Recorder()), max_batch=8, max_delay_s=0.0, max_queue=100, turns=turns)
+    waiting = evicted.submit([_pixels(1)], None)
+    assert loading.wait(5)
+    started = time.perf_counter()
+    assert other.submit([_pixels(2)], None)[0].result(5)[0] == pytest.approx(8.0)
+    with turns.decode():
+        pass
+    assert time.perf_counter() - started < 1.0  # not the 10 s the load would hold
+    assert not waiting[0].done()
+    release.set()
+    assert waiting[0].result(5)[0] == pytest.approx(4.0)
+    evicted.close()
+    other.close()
