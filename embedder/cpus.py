@@ -49,8 +49,8 @@ class ThreadPlan:
     """intra-op threads for ONNX Runtime and workers for decode/resize.
 
     ORT gets every available core: on a CPU-bound server the model is the bottleneck. Decode
-    workers get the same count; they spend most of their time in Pillow with the GIL released and
-    overlap with inference of the previous batch.
+    workers get the same count: they spend most of their time in Pillow with the GIL released,
+    and decode between inference runs (turns.py), so all the cores serve them then.
     """
 
     cpus: int

@@ -1,15 +1,10 @@
 """Handing freed heap memory back to the OS (glibc's `malloc_trim`), after loads and after bursts.
 
 Loading a model frees a transient copy of its graph, and decoding frees its images; glibc keeps
-freed blocks resident for reuse. Measured on a server with CLIP B/32 and DINOv2-small (then with
-ONNX Runtime's activations malloc'd per run; they now live in a shared arena, runtime.py), four
-fresh starts: resident memory after the preload was 542-674 MB, and 521 MB after one
-`malloc_trim(0)` every time; after loads of 16 callers on both models 677-793 MB, and 538-559 MB
-after a trim.
-
-A trim returns pages, which the next decodes fault in again: it is done once a burst is over (no
-batch for `quiet_s`), never between the batches of a steady load. ONNX Runtime's arena is not
-trimmed: glibc sees its free chunks as in use. Elsewhere than glibc (musl, macOS) it does nothing.
+freed blocks resident for reuse. A trim returns those pages, which the next decodes fault in
+again, so it runs once a burst is over (no batch for `quiet_s`), never between the batches of a
+steady load. ORT's arena is not trimmed (glibc sees its free chunks as in use). Without glibc
+(musl, macOS) it does nothing. Measured effect: docs/performance.md, design choices.
 """
 
 from __future__ import annotations

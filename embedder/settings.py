@@ -33,7 +33,9 @@ class Settings(BaseModel):
     max_batch_size: int = Field(8, ge=1, le=1024, description="images per session.run")
     max_batch_delay_ms: float = Field(2.0, ge=0, description="how long an idle batcher waits to fill a batch")
     max_queue_images: int = Field(
-        256, ge=1, description="images waiting per model; beyond: RESOURCE_EXHAUSTED"
+        256,
+        ge=1,
+        description="images admitted per model (decoding, queued or running); beyond: RESOURCE_EXHAUSTED",
     )
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES, ge=MiB, description="largest gRPC message, either direction"

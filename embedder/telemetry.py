@@ -96,7 +96,11 @@ class _QueueDepth(Collector):
         self._depths = depths
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("embedder_queue_depth", "Images waiting for inference", labels=["model"])
+        family = GaugeMetricFamily(
+            "embedder_queue_depth",
+            "Images admitted and not yet answered: decoding, queued or running",
+            labels=["model"],
+        )
         for model, depth in self._depths().items():
             family.add_metric([model], depth)
         yield family

@@ -1,19 +1,15 @@
 """Decoding and inference take turns on the cores instead of overlapping.
 
 ONNX Runtime runs a batch on all the planned cores, and each of its parallel steps waits for its
-slowest thread. A decode running beside it takes a core from one thread, and the others then
-wait at the next barrier. Measured side by side (two servers, alternating 15 s loads of
-640x480 JPEGs from 16 callers), ORT's time per image inside the service was 90 ms (DINOv2-small)
-and 61 ms (CLIP B/32) with decoding beside it, 81 and 58 ms taking turns; 78 and 56 ms alone.
-Decoding between runs costs only its own time, spread over the decode workers.
+slowest thread: a decode beside it takes a core from one thread and the others wait at the next
+barrier. Decoding between runs costs only its own time. (Measured: docs/performance.md, design
+choices.)
 
 - A decode waits while a run is in progress, or while a run is waiting for its turn.
 - A run waits for the decodes already started (milliseconds each), never for queued ones.
-- Runs exclude each other, and start in the order they asked: two models' batches side by side
-  would put four intra-op threads on two cores, each parallel step then waiting for a preempted
-  thread. Measured side by side (CLIP and DINOv2 at 8 callers each at once, four rounds of 12 s):
-  14.95 images/s in all taking turns against 13.63 side by side (+9.7%), ahead in every round.
-  A request then waits for the other model's batch in progress, as it would for its own model's.
+- Runs exclude each other and start in the order they asked: two models' batches side by side
+  would put twice the intra-op threads on the cores. A request may then wait for another model's
+  batch in progress, as it would for its own model's.
 """
 
 from __future__ import annotations
