@@ -37,6 +37,7 @@ WORKDIR /src
 # README.md* : pyproject names a readme; the glob keeps the build working while it is absent.
 COPY pyproject.toml README.md* ./
 COPY embedder/ embedder/
+COPY export/ export/
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 
@@ -51,11 +52,10 @@ WORKDIR /app
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 COPY pyproject.toml README.md* ./
 COPY embedder/ embedder/
+COPY export/ export/
 # DL3013 (unpinned pip install): the versions live in pyproject's `export` extra, one place.
 # hadolint ignore=DL3013
 RUN pip install ".[export]"
-# `python -m export` runs from /app, so the export package is importable from the working dir.
-COPY export/ export/
 # Downloads and caches go under /tmp, writable by the non-root user (/app is root's); mount a
 # volume at /tmp/huggingface to keep hub downloads between runs.
 ENV HF_HOME=/tmp/huggingface \
