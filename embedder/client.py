@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Literal, Self, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -53,16 +53,22 @@ def server_path(path: str) -> pb.Image:
 def build_request(
     model: str,
     images: Sequence[ImageLike | pb.Image],
+    *,
     normalize: bool = False,
-    aggregate: str | None = None,
+    aggregate: Literal["mean"] | None = None,
     normalize_aggregate: bool = False,
+    aggregate_only: bool = False,
 ) -> pb.EmbedRequest:
+    """`aggregate="mean"`: also the mean of the returned vectors; `aggregate_only`: only that."""
+    if aggregate not in (None, "mean"):
+        raise ValueError(f"aggregate must be None or 'mean', not {aggregate!r}")
     return pb.EmbedRequest(
         model=model,
         images=[item if isinstance(item, pb.Image) else _image(item) for item in images],
         normalize=normalize,
         aggregate=pb.AGGREGATION_MEAN if aggregate == "mean" else pb.AGGREGATION_NONE,
         normalize_aggregate=normalize_aggregate,
+        aggregate_only=aggregate_only,
     )
 
 
@@ -163,17 +169,25 @@ class EmbedderClient:
         images: Sequence[ImageLike | pb.Image],
         *,
         normalize: bool = False,
-        aggregate: str | None = None,
+        aggregate: Literal["mean"] | None = None,
         normalize_aggregate: bool = False,
+        aggregate_only: bool = False,
     ) -> Embeddings:
-        request = build_request(model, images, normalize, aggregate, normalize_aggregate)
+        request = build_request(
+            model,
+            images,
+            normalize=normalize,
+            aggregate=aggregate,
+            normalize_aggregate=normalize_aggregate,
+            aggregate_only=aggregate_only,
+        )
         return to_numpy(self._call(self.stub.Embed, request))
 
     def embed_many(
-        self, model: str, images: Iterable[ImageLike], *, chunk: int = 32, normalize: bool = False
+        self, model: str, images: Iterable[ImageLike | pb.Image], *, chunk: int = 32, normalize: bool = False
     ) -> Iterator[Embeddings]:
-        """A large job in requests of `chunk` images, results in order."""
-        batch: list[ImageLike] = []
+        """A large job in requests of `chunk` images, results in order, one request at a time."""
+        batch: list[ImageLike | pb.Image] = []
         for item in images:
             batch.append(item)
             if len(batch) == chunk:
@@ -229,10 +243,18 @@ class AsyncEmbedderClient:
         images: Sequence[ImageLike | pb.Image],
         *,
         normalize: bool = False,
-        aggregate: str | None = None,
+        aggregate: Literal["mean"] | None = None,
         normalize_aggregate: bool = False,
+        aggregate_only: bool = False,
     ) -> Embeddings:
-        request = build_request(model, images, normalize, aggregate, normalize_aggregate)
+        request = build_request(
+            model,
+            images,
+            normalize=normalize,
+            aggregate=aggregate,
+            normalize_aggregate=normalize_aggregate,
+            aggregate_only=aggregate_only,
+        )
         return to_numpy(await self._call(self.stub.Embed, request))
 
     async def list_models(self) -> list[pb.ModelStatus]:

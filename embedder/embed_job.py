@@ -2,7 +2,9 @@
 
 Large backfills are chunked into requests, show a progress bar on a terminal, and resume: with
 `--output` a rerun skips every file already written (JSONL: the paths in the file; `.npy`: the
-manifest, whose rows are appended only after their vectors are on disk).
+manifest, whose rows are appended only after their vectors are on disk). Every record carries what
+makes vectors comparable (model name, graph and preprocessing sha256, normalisation); a rerun whose
+server answers with another of these refuses to append to the same output.
 """
 
 from __future__ import annotations
@@ -49,27 +51,57 @@ def expand(inputs: list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def identity(model: Any, normalize: bool) -> dict[str, Any]:
+    """What must be equal for two vectors to be comparable (see ModelInfo in the proto)."""
+    return {
+        "model": model.name,
+        "onnx_sha256": model.onnx_sha256,
+        "preprocessing_sha256": model.preprocessing_sha256,
+        "normalize": normalize,
+    }
+
+
+def check_same(recorded: dict[str, Any] | None, now: dict[str, Any], output: Path | None) -> None:
+    """Refuses to append vectors unlike those already in `output` (a changed model, or a
+    different --normalize); keys a record of an older version lacks are not compared."""
+    if recorded is None:
+        return
+    differ = {
+        key: (recorded[key], value)
+        for key, value in now.items()
+        if key in recorded and recorded[key] != value
+    }
+    if differ:
+        what = "; ".join(f"{key}: {old!r} in the file, {new!r} now" for key, (old, new) in differ.items())
+        raise SystemExit(
+            f"embedder embed: {output} holds vectors that are not comparable ({what}); refusing to append: write to a new --output"
+        )
+
+
 class JsonlSink:
-    def __init__(self, stream: IO[str], done: set[str]) -> None:
+    def __init__(self, stream: IO[str], done: set[str], recorded: dict[str, Any] | None = None) -> None:
         self.stream = stream
         self.done = done
+        self.recorded = recorded
 
     @classmethod
     def open(cls, path: Path | None) -> JsonlSink:
         if path is None:
             return cls(sys.stdout, set())
-        done = set()
+        done, recorded = set(), None
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 try:
-                    done.add(json.loads(line)["path"])
-                except (ValueError, KeyError):
+                    record = json.loads(line)
+                    done.add(record["path"])
+                except (ValueError, KeyError, TypeError):
                     continue  # a torn last line from an interrupted run is rewritten
-        return cls(path.open("a", encoding="utf-8"), done)
+                recorded = recorded or {k: v for k, v in record.items() if k not in ("path", "embedding")}
+        return cls(path.open("a", encoding="utf-8"), done, recorded)
 
-    def write(self, paths: list[Path], vectors: np.ndarray, model: Any) -> None:
-        for path, vector in zip(paths, vectors):
-            record = {"path": str(path), "model": model.name, "embedding": vector.tolist()}
+    def write(self, paths: list[Path], vectors: np.ndarray, same: dict[str, Any]) -> None:
+        for path, vector in zip(paths, vectors, strict=True):
+            record = {"path": str(path), **same, "embedding": vector.tolist()}
             self.stream.write(json.dumps(record) + "\n")
         self.stream.flush()
 
@@ -89,18 +121,21 @@ class NpySink:
         lines = self.manifest.read_text(encoding="utf-8").splitlines() if self.manifest.exists() else []
         self.rows = [json.loads(line) for line in lines if line.strip()]
         self.done = {row["path"] for row in self.rows}
+        self.recorded = (
+            {k: v for k, v in self.rows[0].items() if k not in ("row", "path", "dim")} if self.rows else None
+        )
         self.dim: int | None = self.rows[0]["dim"] if self.rows else None
         if self.dim is not None and self.part.exists():  # drop vectors written without their manifest line
             with self.part.open("r+b") as fh:
                 fh.truncate(len(self.rows) * self.dim * 4)
 
-    def write(self, paths: list[Path], vectors: np.ndarray, model: Any) -> None:
+    def write(self, paths: list[Path], vectors: np.ndarray, same: dict[str, Any]) -> None:
         self.dim = vectors.shape[1]
         with self.part.open("ab") as fh:
             fh.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
         with self.manifest.open("a", encoding="utf-8") as fh:
             for path in paths:
-                row = {"row": len(self.rows), "path": str(path), "model": model.name, "dim": self.dim}
+                row = {"row": len(self.rows), "path": str(path), **same, "dim": self.dim}
                 self.rows.append(row)
                 fh.write(json.dumps(row) + "\n")
 
@@ -130,7 +165,10 @@ def run_embed_job(client: Any, args: argparse.Namespace) -> int:
         with tqdm(total=len(todo), unit="img", disable=not show, file=sys.stderr) as bar:
             for chunk in _chunks(todo, args.chunk):
                 result = client.embed(args.model, chunk, normalize=args.normalize)
-                sink.write(chunk, result.embeddings, result.model)
+                same = identity(result.model, args.normalize)
+                check_same(sink.recorded, same, output)
+                sink.recorded = same
+                sink.write(chunk, result.embeddings, same)
                 total = result.embeddings.astype(np.float64).sum(0) + (total if count else 0)
                 count += len(chunk)
                 bar.update(len(chunk))
