@@ -17,9 +17,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # Pinned torch first: an unpinned resolve would pull a multi-GB CUDA build.
+# PYTHONWARNINGS: setuptools' editable-install notice is not the user's concern.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[export,dev]"
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[export,dev]"
 	touch $@
 
 venv: $(VENV)/.installed
