@@ -18,9 +18,13 @@ $(BIN)/python:
 
 # Pinned torch first: an unpinned resolve would pull a multi-GB CUDA build.
 # PYTHONWARNINGS: setuptools' editable-install notice is not the user's concern.
-$(VENV)/.installed: pyproject.toml $(BIN)/python
+# open_clip_torch only for the CLIP BPE merges file it ships (export/clip_vocab.py): --no-deps,
+# as its dependencies would pull torchvision and another torch.
+OPEN_CLIP := open_clip_torch==3.3.0
+$(VENV)/.installed: pyproject.toml Makefile $(BIN)/python
 	$(BIN)/pip install --quiet "torch==2.13.0"
 	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[export,dev]"
+	$(BIN)/pip install --quiet --no-deps "$(OPEN_CLIP)"
 	touch $@
 
 venv: $(VENV)/.installed

@@ -74,3 +74,9 @@ def run(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.ndarray:
     """One batch through the graph contract: pixel_values [N,3,H,W] -> embedding [N,D]."""
     (embedding,) = session.run(["embedding"], {"pixel_values": pixel_values})
     return np.asarray(embedding, dtype=np.float32)
+
+
+def run_text(session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """One batch through the text graph contract: input_ids, attention_mask int64 [N,L] -> embedding [N,D]."""
+    (embedding,) = session.run(["embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+    return np.asarray(embedding, dtype=np.float32)

@@ -128,6 +128,55 @@ class Parity(_Frozen):
     onnx_sha256: str
 
 
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class TextParity(_Frozen):
+    """Summary of the text half of the export gate; the per-text figures are in parity.json."""
+
+    verified: bool
+    texts: int = Field(ge=0)
+    tokens_identical: bool  # ids and masks equal to the checkpoint's fast tokenizer's, every text
+    max_abs_normalized: float = Field(ge=0)
+    min_cosine: float
+    batch_max_abs_normalized: float = Field(ge=0)  # a batch of mixed lengths against one at a time
+    onnx_sha256: str = Field(pattern=SHA256)
+    tokenizer_sha256: str = Field(pattern=SHA256)
+
+
+class TextTower(_Frozen):
+    """CLIP's text tower, a second graph beside the image one.
+
+    Graph contract: `input_ids` and `attention_mask` int64 [N, L] (L <= max_length, padded with
+    pad_id where the mask is 0) -> `embedding` float32 [N, D], D the image tower's. The tokenizer
+    is a `tokenizers` JSON file; a text longer than max_length tokens loses its last words, and
+    keeps its start-of-text and end-of-text tokens (the fast tokenizer's truncation=True).
+    """
+
+    onnx_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
+    onnx_sha256: str = Field(pattern=SHA256)
+    tokenizer_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.json$")
+    tokenizer_sha256: str = Field(pattern=SHA256)
+    max_length: int = Field(ge=3, le=1024)
+    pad_id: int = Field(ge=0)
+    start_of_text_id: int = Field(ge=0)
+    end_of_text_id: int = Field(ge=0)
+    truncation: Literal["keep_end_of_text"] = "keep_end_of_text"
+    input_names: tuple[Literal["input_ids"], Literal["attention_mask"]] = ("input_ids", "attention_mask")
+    output_name: Literal["embedding"] = "embedding"
+    parity: TextParity | None = None
+
+    @property
+    def verified(self) -> bool:
+        p = self.parity
+        return (
+            p is not None
+            and p.verified
+            and p.onnx_sha256 == self.onnx_sha256
+            and p.tokenizer_sha256 == self.tokenizer_sha256
+        )
+
+
 class ModelSpec(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN)
@@ -146,6 +195,7 @@ class ModelSpec(_Frozen):
     batch_invariant: bool = True
     provenance: Provenance | None = None
     parity: Parity | None = None
+    text: TextTower | None = None  # CLIP only: the text tower, when exported
 
     @field_validator("aliases")
     @classmethod
@@ -158,7 +208,15 @@ class ModelSpec(_Frozen):
     def _pooling_fits_family(self) -> ModelSpec:
         if self.pooling not in POOLINGS[self.family]:
             raise ValueError(f"pooling {self.pooling!r} is not valid for family {self.family!r}")
+        if self.text is not None and self.family != "clip":
+            raise ValueError(f"family {self.family!r} has no text tower")
+        if self.text is not None and self.text.onnx_file == self.onnx_file:
+            raise ValueError("the text tower needs a graph file of its own")
         return self
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return ("image", "text") if self.text is not None else ("image",)
 
     @property
     def verified(self) -> bool:
