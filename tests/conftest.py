@@ -7,26 +7,30 @@ and the subprocesses run with the Hugging Face hub forced offline so an accident
 fast instead of hanging on the network.
 
 Session-scoped export directories are shared by many tests and must never be modified; a test
-that changes a model copies it first (`models_root` hands out such copies).
+that changes a model copies it first (`models_root` hands out such copies). `tiny_models` and
+`serve` put the tiny exports behind an in-process server (tests/support/ holds the harness).
 """
 
 from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 
-REPO_ROOT = Path(__file__).parents[1]
-TINY_SEED = 7  # not the CLI default (0), so a test can tell the seed really travelled
+from tests.support.commands import run_module
+from tests.support.inprocess import Served, serving
+from tests.support.models import make_models_dir
+
+TINY_SEED = 7
 CHECKPOINT_SEED = 11
 EXPORT_TIMEOUT_S = 900
 
@@ -44,23 +48,12 @@ def _cli_env() -> dict[str, str]:
     return env
 
 
-def run_module(module: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    """`python -m MODULE ARGS` from the repo root, output captured (never raises on exit code)."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *map(str, args)],
-        cwd=REPO_ROOT,
-        env=_cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=EXPORT_TIMEOUT_S,
-        check=False,
-    )
-
-
 def run_export(
     family: str, source: str | Path, out: Path, *extra_args: str | Path
 ) -> subprocess.CompletedProcess[str]:
-    return run_module("export", family, source, "--out", out, *extra_args)
+    return run_module(
+        "export", family, source, "--out", out, *extra_args, env=_cli_env(), timeout=EXPORT_TIMEOUT_S
+    )
 
 
 def describe(process: subprocess.CompletedProcess[str]) -> str:
@@ -107,7 +100,7 @@ def export_model() -> ExportCli:
 
 
 def run_gate(model_dir: Path, *extra_args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run_module("export.parity", model_dir, *extra_args)
+    return run_module("export.parity", model_dir, *extra_args, env=_cli_env(), timeout=EXPORT_TIMEOUT_S)
 
 
 @pytest.fixture(scope="session")
@@ -116,35 +109,42 @@ def run_parity() -> ExportCli:
     return run_gate
 
 
-# --- tiny models (seconds) -------------------------------------------------------------------
+# --- models exported once per session, shared read-only ------------------------------------
 
 
-@pytest.fixture(scope="session")
-def tiny_clip_export(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
-    out = tmp_path_factory.mktemp("tiny-exports") / "tiny-clip"
-    return export_or_fail(
-        "clip", "tiny-clip", out, "--random-init", "--seed", TINY_SEED, "--no-huge", seed=TINY_SEED
-    )
+def session_export(name: str, family: str, source: str, *flags: str | int, seed: int) -> Any:
+    """The fixtures `<name>_export` (a random-init export through the CLI, once a session: its
+    ExportRun) and `<name>_dir` (its directory, named like the model; read-only). Made here, not
+    written out, because the exports differ only in these arguments."""
+
+    def run(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
+        out = tmp_path_factory.mktemp(f"{name}-export") / source.rsplit("/", 1)[-1]
+        return export_or_fail(family, source, out, "--random-init", *flags, seed=seed)
+
+    def directory(request: pytest.FixtureRequest) -> Path:
+        export: ExportRun = request.getfixturevalue(f"{name}_export")
+        return export.directory
+
+    run.__doc__ = f"`python -m export {family} {source} --random-init` run once a session."
+    directory.__doc__ = f"The directory of {name}_export (random-init {source}). Read-only."
+    export_fixture = pytest.fixture(run, scope="session", name=f"{name}_export")
+    return export_fixture, pytest.fixture(directory, scope="session", name=f"{name}_dir")
 
 
-@pytest.fixture(scope="session")
-def tiny_dinov2_export(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
-    out = tmp_path_factory.mktemp("tiny-exports") / "tiny-dinov2"
-    return export_or_fail(
-        "dinov2", "tiny-dinov2", out, "--random-init", "--seed", TINY_SEED, "--no-huge", seed=TINY_SEED
-    )
+# Tiny models (seconds), verified without the huge images: CLIP projected to dim 16, DINOv2 with
+# cls pooling at dim 32. TINY_SEED is not the CLI default (0), so a test can tell the seed travelled.
+TINY = ("--seed", TINY_SEED, "--no-huge")
+tiny_clip_export, tiny_clip_dir = session_export("tiny_clip", "clip", "tiny-clip", *TINY, seed=TINY_SEED)
+tiny_dinov2_export, tiny_dinov2_dir = session_export(
+    "tiny_dinov2", "dinov2", "tiny-dinov2", *TINY, seed=TINY_SEED
+)
 
-
-@pytest.fixture(scope="session")
-def tiny_clip_dir(tiny_clip_export: ExportRun) -> Path:
-    """Random-init tiny CLIP (projected, dim 16), verified without the huge images. Read-only."""
-    return tiny_clip_export.directory
-
-
-@pytest.fixture(scope="session")
-def tiny_dinov2_dir(tiny_dinov2_export: ExportRun) -> Path:
-    """Random-init tiny DINOv2 (cls pooling, dim 32), verified without the huge images. Read-only."""
-    return tiny_dinov2_export.directory
+# Full-size models (tens of seconds each; for @pytest.mark.slow tests) through the full gate, huge
+# images included; named like the committed models (`clip-vit-base-patch32`, `dinov2-small`).
+clip_b32_export, clip_b32_dir = session_export("clip_b32", "clip", "openai/clip-vit-base-patch32", seed=0)
+dinov2_small_export, dinov2_small_dir = session_export(
+    "dinov2_small", "dinov2", "facebook/dinov2-small", seed=0
+)
 
 
 @pytest.fixture(scope="session")
@@ -162,43 +162,27 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return checkpoints
 
 
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> Path:
+    """Both tiny exports side by side under their exported names, for servers. Read-only."""
+    return make_models_dir(tmp_path_factory.mktemp("tiny-models"), tiny_clip_dir, tiny_dinov2_dir)
+
+
 @pytest.fixture
 def models_root(tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> Path:
-    """A models directory holding copies of both tiny exports (`tiny-clip/`, `tiny-dinov2/`).
-
-    Copies, not symlinks: a test may rewrite or corrupt a model.json here without touching the
-    session's exports. Both are small (well under a megabyte).
-    """
-    root = tmp_path / "models"
-    for source in (tiny_clip_dir, tiny_dinov2_dir):
-        shutil.copytree(source, root / source.name)
-    return root
+    """This test's own copies of both tiny exports (`tiny-clip/`, `tiny-dinov2/`): it may add,
+    rewrite or corrupt files here without touching the session's exports."""
+    return make_models_dir(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir)
 
 
-# --- full-size models (tens of seconds each; used by @pytest.mark.slow tests) ----------------
+@pytest.fixture
+def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
+    """`serve(models_dir=tiny_models, **settings)` -> a started in-process server, stopped after
+    the test (the tiny models are exported only for a test that serves them)."""
+    with ExitStack() as stack:
 
+        def start(models_dir: Path | None = None, **overrides: object) -> Served:
+            models_dir = models_dir or request.getfixturevalue("tiny_models")
+            return stack.enter_context(serving(models_dir, **overrides))
 
-@pytest.fixture(scope="session")
-def clip_b32_export(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
-    """Full-size random-init openai/clip-vit-base-patch32 through the full gate (huge images included)."""
-    out = tmp_path_factory.mktemp("full-exports") / "clip-vit-base-patch32"
-    return export_or_fail("clip", "openai/clip-vit-base-patch32", out, "--random-init", seed=0)
-
-
-@pytest.fixture(scope="session")
-def dinov2_small_export(tmp_path_factory: pytest.TempPathFactory) -> ExportRun:
-    """Full-size random-init facebook/dinov2-small through the full gate (huge images included)."""
-    out = tmp_path_factory.mktemp("full-exports") / "dinov2-small"
-    return export_or_fail("dinov2", "facebook/dinov2-small", out, "--random-init", seed=0)
-
-
-@pytest.fixture(scope="session")
-def clip_b32_dir(clip_b32_export: ExportRun) -> Path:
-    """Named like the committed model (`clip-vit-base-patch32`), random weights. Read-only."""
-    return clip_b32_export.directory
-
-
-@pytest.fixture(scope="session")
-def dinov2_small_dir(dinov2_small_export: ExportRun) -> Path:
-    """Named like the committed model (`dinov2-small`), random weights. Read-only."""
-    return dinov2_small_export.directory
+        yield start

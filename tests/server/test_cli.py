@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,35 +21,18 @@ from embedder.cli import build_parser, settings_from
 from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, load_spec
 from export.images import ParityImage
+from tests.support.commands import run_module
+from tests.support.processes import ServerProcess, clean_env, free_port
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_BUDGET_S = 3.0
 
 
-def clean_env(**extra: str) -> dict[str, str]:
-    """No EMBEDDER_* from the developer's shell leaks into a subprocess."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}, **extra}
-
-
 def embedder(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "embedder", *map(str, args)],
-        cwd=REPO_ROOT,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """The `embedder` command line, with no EMBEDDER_* from the developer's shell."""
+    return run_module("embedder", *args, env=clean_env(), timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -134,57 +114,31 @@ def test_health_exit_codes(serve: Callable[..., Served], tiny_models: Path, clip
 
 
 @pytest.fixture
-def serve_process(tiny_models: Path) -> Iterator[Callable[..., tuple[subprocess.Popen[str], str]]]:
+def serve_process(tiny_models: Path, tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """`start(models_dir, **env)` -> an `embedder serve` subprocess configured only by EMBEDDER_*
-    variables; killed after the test if still running."""
-    started: list[subprocess.Popen[str]] = []
+    variables; stopped after the test if still running."""
+    started: list[ServerProcess] = []
 
-    def start(models_dir: Path = tiny_models, **env: str) -> tuple[subprocess.Popen[str], str]:
-        address = f"127.0.0.1:{free_port()}"
-        settings = {"EMBEDDER_ADDRESS": address, "EMBEDDER_MODELS_DIR": str(models_dir), **env}
-        process = subprocess.Popen(
-            [sys.executable, "-m", "embedder", "serve"],
-            cwd=REPO_ROOT,
-            env=clean_env(**settings),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+    def start(models_dir: Path = tiny_models, **env: str) -> ServerProcess:
+        started.append(
+            ServerProcess(models_dir, tmp_path / f"serve-{len(started)}.log", env=env, via_env=True)
         )
-        started.append(process)
-        return process, address
+        return started[-1]
 
     yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-
-
-def wait_serving(address: str, process: subprocess.Popen[str], within: float = 60.0) -> float:
-    """Seconds until the health service first answers SERVING (polled every 10 ms)."""
-    started = time.perf_counter()
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.perf_counter() - started < within:
-            assert process.poll() is None, process.communicate()[1]
-            try:
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return time.perf_counter() - started
-            except grpc.RpcError:
-                pass
-            time.sleep(0.01)
-    raise AssertionError(f"{address} not SERVING within {within} s")
+    for server in started:
+        server.stop()
 
 
 def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(
-    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], clip: str, files: list[Path]
+    serve_process: Callable[..., ServerProcess], clip: str, files: list[Path]
 ) -> None:
-    process, address = serve_process(EMBEDDER_PRELOAD="1", EMBEDDER_SHUTDOWN_GRACE_S="2")
+    server = serve_process(EMBEDDER_PRELOAD="1", EMBEDDER_SHUTDOWN_GRACE_S="2")
+    process, address = server.process, server.address
 
     deadline = time.monotonic() + 60
     while (health := embedder("health", "--server", address, "--timeout", "1")).returncode != 0:
-        assert process.poll() is None, process.communicate()[1]
+        assert process.poll() is None, server.log()
         assert time.monotonic() < deadline, health.stderr
         time.sleep(0.1)
     preloaded = embedder("health", "--model", clip, "--server", address, "--timeout", "5")
@@ -193,7 +147,8 @@ def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(
     assert embedded.returncode == 0 and len(embedded.stdout.splitlines()) == 1, embedded.stderr
 
     process.send_signal(signal.SIGTERM)
-    _, log = process.communicate(timeout=30)
+    process.wait(30)
+    log = server.log()
 
     assert process.returncode == 0, log
     assert "received SIGTERM" in log and "stopped" in log
@@ -207,17 +162,19 @@ def test_serve_from_env_becomes_serving_and_exits_0_on_sigterm(
     ],
 )
 def test_serve_refuses_to_start_on_bad_configuration(
-    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], env: dict[str, str], message: str
+    serve_process: Callable[..., ServerProcess], env: dict[str, str], message: str
 ) -> None:
-    process, _ = serve_process(**env)
-    _, log = process.communicate(timeout=30)
+    server = serve_process(**env)
+    process = server.process
+    process.wait(30)
+    log = server.log()
     assert process.returncode == 2
     assert message in log
 
 
 @pytest.mark.slow
 def test_full_size_clip_starts_serving_within_budget(
-    serve_process: Callable[..., tuple[subprocess.Popen[str], str]], clip_b32_dir: Path, tmp_path: Path
+    serve_process: Callable[..., ServerProcess], clip_b32_dir: Path, tmp_path: Path
 ) -> None:
     """Process start -> first SERVING health answer, with the full-size CLIP preloaded and warmed."""
     models = tmp_path / "models"
@@ -225,8 +182,9 @@ def test_full_size_clip_starts_serving_within_budget(
     (models / clip_b32_dir.name).symlink_to(clip_b32_dir, target_is_directory=True)  # read-only use
     (models / clip_b32_dir.name / "model.onnx").read_bytes()  # page cache warm, as after a deploy's pull
 
-    process, address = serve_process(models, EMBEDDER_PRELOAD="1")
-    seconds = wait_serving(address, process)
+    server = serve_process(models, EMBEDDER_PRELOAD="1")
+    process, address = server.process, server.address
+    seconds = server.wait_serving(poll_s=0.01)
 
     print(f"\nembedder serve --preload ({clip_b32_dir.name}): SERVING after {seconds:.2f} s")
     with grpc.insecure_channel(address) as channel:
@@ -234,7 +192,7 @@ def test_full_size_clip_starts_serving_within_budget(
         status = health_pb2_grpc.HealthStub(channel).Check(model, timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.SERVING  # preloaded, not lazily pending
     process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=30)
+    process.wait(30)
     assert process.returncode == 0
     assert seconds < STARTUP_BUDGET_S, f"start-up took {seconds:.2f} s"
 

@@ -16,7 +16,7 @@ from embedder.v1 import embedder_pb2 as pb
 from export.images import ParityImage
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
 FAMILIES = ["tiny_clip_dir", "tiny_dinov2_dir"]
 UNIT_TOLERANCE = 1e-6
@@ -92,7 +92,7 @@ def test_aggregate_flags_without_mean_are_invalid(
 ) -> None:
     request = build_request(model, images[:2])
     setattr(request, flag, True)
-    error = tiny_server.rpc_error(request)
+    error = tiny_server.error(request)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert flag in error.details() and "AGGREGATION_MEAN" in error.details()
     assert tiny_server.embed(model, images[:1]).shape[0] == 1

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -18,9 +16,7 @@ from embedder.spec import SPEC_FILE, load_spec
 from embedder.v1 import embedder_pb2 as pb
 from embedder.wire import MiB
 from export.images import ParityImage
-
-if TYPE_CHECKING:
-    from tests.server.conftest import Served
+from tests.support.inprocess import Served, serving
 
 MAX_IMAGES = 4
 MAX_IMAGE_BYTES = 200_000
@@ -43,7 +39,6 @@ class Limited:
 
 @pytest.fixture(scope="module")
 def limited(
-    serving: Callable[..., AbstractContextManager[Served]],
     tiny_models: Path,
     tiny_clip_dir: Path,
     tiny_dinov2_dir: Path,
@@ -80,7 +75,7 @@ SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width
 
 
 def expect(limited: Limited, request: pb.EmbedRequest, code: grpc.StatusCode, *fragments: str) -> str:
-    error = limited.served.rpc_error(request)
+    error = limited.served.error(request)
     assert error.code() == code, error.details()
     for fragment in fragments:
         assert fragment in error.details(), f"{fragment!r} not in {error.details()!r}"
@@ -185,5 +180,5 @@ def test_path_inputs_under_an_image_root(
         ("sub/none.png", "not found"),
         ("sub", "not a regular file"),
     ]:
-        error = served.rpc_error(pb.EmbedRequest(model=model, images=[pb.Image(path=path)]))
+        error = served.error(pb.EmbedRequest(model=model, images=[pb.Image(path=path)]))
         assert error.code() == INVALID and reason in error.details(), (path, error.details())

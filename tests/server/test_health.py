@@ -15,7 +15,7 @@ from embedder.v1 import embedder_pb2 as pb
 from export.images import ParityImage
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
 SERVICE = "embedder.v1.Embedder"
 

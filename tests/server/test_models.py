@@ -16,22 +16,19 @@ from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, SpecError, file_sha256, load_spec, write_spec
 from embedder.v1 import embedder_pb2 as pb
 from export.images import ParityImage
+from tests.support.models import make_models_dir
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 @pytest.fixture
 def aliased(
-    serve: Callable[..., Served],
-    make_models: Callable[..., Path],
-    tmp_path: Path,
-    tiny_clip_dir: Path,
-    aliased_dinov2_dir: Path,
+    serve: Callable[..., Served], tmp_path: Path, tiny_clip_dir: Path, aliased_dinov2_dir: Path
 ) -> Served:
-    return serve(make_models(tmp_path / "models", tiny_clip_dir, aliased_dinov2_dir))
+    return serve(make_models_dir(tmp_path / "models", tiny_clip_dir, aliased_dinov2_dir))
 
 
 @pytest.mark.parametrize("alias", ["acme/tiny-dino", "tiny-dino"])
@@ -47,7 +44,7 @@ def test_alias_resolves_to_the_canonical_model(
 
 
 def test_an_alias_is_not_a_prefix_match(aliased: Served, parity_set: list[ParityImage]) -> None:
-    error = aliased.rpc_error(pb.EmbedRequest(model="acme/tiny", images=[pb.Image(data=parity_set[0].data)]))
+    error = aliased.error(pb.EmbedRequest(model="acme/tiny", images=[pb.Image(data=parity_set[0].data)]))
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -113,9 +110,9 @@ BAD_SPECS = {
 
 @pytest.mark.parametrize("case", list(BAD_SPECS))
 def test_invalid_model_json_fails_start_up_naming_file_and_field(
-    case: str, make_models: Callable[..., Path], tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path
+    case: str, tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path
 ) -> None:
-    models = make_models(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir)
+    models = make_models_dir(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir)
     spec_path = models / load_spec(tiny_clip_dir / SPEC_FILE).name / SPEC_FILE
     change, fragments = BAD_SPECS[case]
     edit_json(spec_path, change)
@@ -140,11 +137,12 @@ def test_a_name_claimed_twice_fails_start_up(
     aliases_a: tuple[str, ...],
     aliases_b: tuple[str, ...],
     claimed: str,
-    make_models: Callable[..., Path],
     tmp_path: Path,
     tiny_clip_dir: Path,
 ) -> None:
-    models = make_models(tmp_path / "models", (tiny_clip_dir, "tiny-clip-a"), (tiny_clip_dir, "tiny-clip-b"))
+    models = make_models_dir(
+        tmp_path / "models", (tiny_clip_dir, "tiny-clip-a"), (tiny_clip_dir, "tiny-clip-b")
+    )
     for name, aliases in (("tiny-clip-a", aliases_a), ("tiny-clip-b", aliases_b)):
         spec = load_spec(models / name / SPEC_FILE)
         write_spec(spec.model_copy(update={"aliases": aliases}), models / name / SPEC_FILE)
@@ -178,5 +176,5 @@ def test_committed_models_dir_starts_and_lists_unexported_models(
         assert status.info.dim == committed[name].embedding_dim and not status.info.parity_verified
         assert served.health(name) == "NOT_SERVING"
         alias = (committed[name].aliases or (name,))[0]
-        error = served.rpc_error(pb.EmbedRequest(model=alias, images=[pb.Image(data=parity_set[0].data)]))
+        error = served.error(pb.EmbedRequest(model=alias, images=[pb.Image(data=parity_set[0].data)]))
         assert error.code() == grpc.StatusCode.UNAVAILABLE and "not exported" in error.details()

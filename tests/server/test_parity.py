@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -24,9 +22,8 @@ from embedder.runtime import open_session, run
 from embedder.spec import SPEC_FILE, load_spec
 from export.images import ParityImage
 from export.parity import TOLERANCE, _reference_pixels, _unit, load_reference
-
-if TYPE_CHECKING:
-    from tests.server.conftest import Served
+from tests.support.inprocess import Served, serving
+from tests.support.models import make_models_dir
 
 
 def pytorch_vectors(model_dir: Path, images: list[ParityImage], scratch: Path) -> np.ndarray:
@@ -144,15 +141,13 @@ def test_both_families_answer_from_one_server(
 
 @pytest.mark.slow
 def test_full_size_models_equal_pytorch_end_to_end(
-    serving: Callable[..., AbstractContextManager[Served]],
-    make_models: Callable[..., Path],
     tmp_path: Path,
     clip_b32_dir: Path,
     dinov2_small_dir: Path,
     parity_set: list[ParityImage],
 ) -> None:
     """The issue's figure: image bytes -> Embed -> vector == PyTorch reference within 1e-6."""
-    models = make_models(tmp_path / "models", clip_b32_dir, dinov2_small_dir)
+    models = make_models_dir(tmp_path / "models", clip_b32_dir, dinov2_small_dir)
     with serving(models) as served:
         for model_dir in (clip_b32_dir, dinov2_small_dir):
             spec = load_spec(model_dir / SPEC_FILE)

@@ -16,7 +16,7 @@ from embedder.spec import SPEC_FILE, load_spec
 from export.images import ParityImage
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
 KEY = "x-request-id"
 

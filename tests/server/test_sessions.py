@@ -17,9 +17,10 @@ import pytest
 from embedder.spec import SPEC_FILE, file_sha256, load_spec, write_spec
 from embedder.v1 import embedder_pb2 as pb
 from export.images import ParityImage
+from tests.support.models import make_models_dir
 
 if TYPE_CHECKING:
-    from tests.server.conftest import Served
+    from tests.support.inprocess import Served
 
 GARBAGE = b"this is not an onnx graph\x00" * 64
 
@@ -128,16 +129,14 @@ def test_idle_model_is_evicted_then_still_serves(
 
 
 @pytest.fixture
-def with_broken(
-    tmp_path: Path, make_models: Callable[..., Path], tiny_clip_dir: Path, tiny_dinov2_dir: Path
-) -> tuple[Path, Path]:
+def with_broken(tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> tuple[Path, Path]:
     """A models dir holding both tiny models and a copy of tiny-dinov2 named `broken`."""
-    models = make_models(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir, (tiny_dinov2_dir, "broken"))
+    models = make_models_dir(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir, (tiny_dinov2_dir, "broken"))
     return models, models / "broken"
 
 
 def unavailable(served: Served, model: str, image: bytes, *fragments: str) -> None:
-    error = served.rpc_error(pb.EmbedRequest(model=model, images=[pb.Image(data=image)]))
+    error = served.error(pb.EmbedRequest(model=model, images=[pb.Image(data=image)]))
     assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
     for fragment in fragments:
         assert fragment in error.details(), (fragment, error.details())
