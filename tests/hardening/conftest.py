@@ -1,9 +1,9 @@
 """Fixtures for the hardening suite: real tiny models, real servers on 127.0.0.1, an offline twin.
 
-Models come from the session exports of tests/conftest.py (`tiny_clip_dir`, `tiny_dinov2_dir`,
-exported through the real CLI); they are read-only, so this suite serves copies. In-process
-servers (`serve`) are `EmbedderServer(Settings(...))` on port 0, always stopped with grace 0;
-where process behaviour matters (signals, RSS) the tests use `process.ServerProcess` instead.
+Models are `tiny_models` of tests/conftest.py: copies of the session exports, read-only. In-process
+servers (`serve` of tests/conftest.py, `tests.support.inprocess.serving`) are
+`EmbedderServer(Settings(...))` on port 0, always stopped with grace 0; where process behaviour
+matters (signals, RSS) the tests `spawn` a `tests.support.processes.ServerProcess` instead.
 
 `Offline` is the served pipeline without the server: the same Preprocessor with the same limits
 and the same ONNX session configuration, so a served vector must equal it bit for bit.
@@ -11,42 +11,22 @@ and the same ONNX session configuration, so a served vector must equal it bit fo
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from embedder.client import build_request
 from embedder.preprocess import DecodeLimits, Preprocessor
 from embedder.runtime import open_session, run
-from embedder.server import EmbedderServer
 from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, load_spec
 from embedder.v1 import embedder_pb2 as pb
-from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from embedder.wire import channel_options
-from tests.hardening.corpus import encode, picture
-from tests.hardening.process import ServerProcess
-
-CLIP = "tiny-clip"
-DINO = "tiny-dinov2"
-
-
-@pytest.fixture(scope="session")
-def hardening_models(
-    tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path, tiny_dinov2_dir: Path
-) -> Path:
-    """A models dir with copies of both tiny exports, under their exported names (read-only)."""
-    root = tmp_path_factory.mktemp("hardening-models")
-    for source in (tiny_clip_dir, tiny_dinov2_dir):
-        shutil.copytree(source, root / load_spec(source / SPEC_FILE).name)
-    return root
+from tests.support.images import encode, picture
+from tests.support.inprocess import Served
+from tests.support.models import CLIP
+from tests.support.processes import ServerProcess
 
 
 @pytest.fixture(scope="session")
@@ -55,71 +35,7 @@ def good_jpeg() -> bytes:
 
 
 def image_request(*images: bytes, model: str = CLIP) -> pb.EmbedRequest:
-    return pb.EmbedRequest(model=model, images=[pb.Image(data=data) for data in images])
-
-
-def vectors(response: pb.EmbedResponse) -> np.ndarray:
-    return np.array([e.values for e in response.embeddings], dtype=np.float32).reshape(-1, response.model.dim)
-
-
-@dataclass
-class Served:
-    """A started in-process server and a plain stub on one channel (no retries: statuses as sent)."""
-
-    server: EmbedderServer
-    address: str
-    max_message_bytes: int
-    channel: grpc.Channel = field(init=False)
-    stub: pb_grpc.EmbedderStub = field(init=False)
-    health_stub: health_pb2_grpc.HealthStub = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(
-            self.address, options=channel_options(self.max_message_bytes, False)
-        )
-        self.stub = pb_grpc.EmbedderStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
-
-    def embed(self, *images: bytes, model: str = CLIP, timeout: float = 60.0) -> np.ndarray:
-        return vectors(self.stub.Embed(image_request(*images, model=model), timeout=timeout))
-
-    def error(self, request: pb.EmbedRequest, timeout: float = 60.0) -> grpc.RpcError:
-        with pytest.raises(grpc.RpcError) as caught:
-            self.stub.Embed(request, timeout=timeout)
-        return caught.value
-
-    def health(self, service: str = "") -> str:
-        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5.0)
-        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """A sample of the server's own Prometheus registry (0 when the series does not exist yet)."""
-        return self.server.telemetry.registry.get_sample_value(name, labels) or 0.0
-
-
-@contextmanager
-def serving(models_dir: Path, **overrides: Any) -> Iterator[Served]:
-    settings = Settings(
-        address="127.0.0.1:0", models_dir=models_dir, **{"shutdown_grace_s": 0.0, **overrides}
-    )
-    server = EmbedderServer(settings)
-    try:
-        served = Served(server, f"127.0.0.1:{server.start()}", settings.max_message_bytes)
-        try:
-            yield served
-        finally:
-            served.channel.close()
-    finally:
-        server.stop(0)
-
-
-@pytest.fixture
-def serve(hardening_models: Path) -> Iterator[Callable[..., Served]]:
-    """`serve(**settings)` -> a started server over the tiny models, stopped after the test."""
-    with ExitStack() as stack:
-        yield lambda models_dir=hardening_models, **overrides: stack.enter_context(
-            serving(models_dir, **overrides)
-        )
+    return build_request(model, images)
 
 
 class Offline:
@@ -145,19 +61,18 @@ def offline_for(served: Served, model: str = CLIP) -> Offline:
 
 
 @pytest.fixture
-def spawn(tmp_path: Path, hardening_models: Path) -> Iterator[Callable[..., ServerProcess]]:
+def spawn(tmp_path: Path, tiny_models: Path) -> Iterator[Callable[..., ServerProcess]]:
     """`spawn(*flags)` -> a SERVING `embedder serve` subprocess over the tiny models; stopped
     (SIGTERM, then SIGKILL) after the test whatever happened."""
     started: list[ServerProcess] = []
 
-    def start(*flags: str, models_dir: Path = hardening_models) -> ServerProcess:
-        proc = ServerProcess(models_dir, tmp_path / f"server-{len(started)}.log", *flags)
-        started.append(proc)
-        proc.wait_serving()
-        return proc
+    def start(*flags: str, models_dir: Path = tiny_models) -> ServerProcess:
+        started.append(ServerProcess(models_dir, tmp_path / f"server-{len(started)}.log", *flags))
+        started[-1].wait_serving()
+        return started[-1]
 
     try:
         yield start
     finally:
-        for proc in started:
-            proc.stop()
+        for server in started:
+            server.stop()

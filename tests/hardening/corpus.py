@@ -26,6 +26,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from tests.support.images import chunk, encode, picture, png
+
 Expect = Literal["ok", "invalid", "either"]
 UNSUPPORTED = "not a supported image"
 TOO_LARGE = ("exceeds max_", "decompression bomb")  # our header check, or Pillow's own
@@ -43,30 +45,7 @@ class Case:
     differs_from: bytes | None = None  # ... and differ from this one's (e.g. the second frame)
 
 
-# --- building blocks -------------------------------------------------------------------------
-
-
-def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
-def picture(width: int = 64, height: int = 48, seed: int = 0, mode: str = "RGB") -> Image.Image:
-    """Smooth gradients plus noise: real content, so a wrong frame or crop changes the vector."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width]
-    base = np.stack(
-        [
-            x * 255 // max(width - 1, 1),
-            y * 255 // max(height - 1, 1),
-            (x + y) * 127 // max(width + height - 2, 1),
-        ],
-        -1,
-    )
-    shift = (seed * 23) % 64 - 32  # each seed its own tint, never saturated
-    pixels = np.clip(base + rng.integers(-40, 40, base.shape) + shift, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB").convert(mode)
+# --- building blocks (plain images: tests/support/images.py) ---------------------------------
 
 
 def first_frame_png(data: bytes) -> bytes:
@@ -78,23 +57,6 @@ def frame_png(data: bytes, index: int) -> bytes:
     image = Image.open(io.BytesIO(data))
     image.seek(index)
     return encode(image.convert("RGB"), "PNG")
-
-
-def chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
-    crc = zlib.crc32(kind + body) if crc is None else crc
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc & 0xFFFFFFFF)
-
-
-def png(width: int, height: int, idat: bytes, *extra: bytes, depth: int = 8, color: int = 2) -> bytes:
-    """A PNG assembled chunk by chunk, so the header may claim anything (valid CRCs throughout)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, depth, color, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + b"".join(extra)
-        + chunk(b"IDAT", idat)
-        + chunk(b"IEND", b"")
-    )
 
 
 def cut(data: bytes, fraction: float = 0.5) -> bytes:
@@ -296,6 +258,11 @@ def _format_cases() -> list[Case]:
     ]
 
 
+def _first_frame_case(name: str, data: bytes) -> Case:
+    """A valid file of several frames: the vector is its first frame's, not its second's."""
+    return Case(name, data, "ok", same_as=first_frame_png(data), differs_from=frame_png(data, 1))
+
+
 def _odd_but_valid_cases() -> list[Case]:
     photo = picture(96, 72, 4)
     jpeg = encode(photo, "JPEG", quality=92)
@@ -306,23 +273,9 @@ def _odd_but_valid_cases() -> list[Case]:
     )
     top_down = bmp_header(16, -16, pixels=np.asarray(picture(16, 16, 5))[:, :, ::-1].tobytes())
     return [
-        Case(
-            "animated_gif_3_frames", gif, "ok", same_as=first_frame_png(gif), differs_from=frame_png(gif, 1)
-        ),
-        Case(
-            "animated_webp_3_frames",
-            webp,
-            "ok",
-            same_as=first_frame_png(webp),
-            differs_from=frame_png(webp, 1),
-        ),
-        Case(
-            "multipage_tiff_3_pages",
-            pages,
-            "ok",
-            same_as=first_frame_png(pages),
-            differs_from=frame_png(pages, 1),
-        ),
+        _first_frame_case("animated_gif_3_frames", gif),
+        _first_frame_case("animated_webp_3_frames", webp),
+        _first_frame_case("multipage_tiff_3_pages", pages),
         Case("cmyk_jpeg", encode(photo.convert("CMYK"), "JPEG", quality=92), "ok"),
         Case(
             "png_16bit_grey",

@@ -71,7 +71,7 @@ def seed_images() -> dict[str, bytes]:
     (palette, alpha, 16-bit, CMYK, progressive, animated, multi-page, each TIFF compression)."""
     from PIL import Image
 
-    from tests.hardening.corpus import encode, picture
+    from tests.support.images import encode, picture
 
     photo = picture(24, 18, 1)
     frames = [picture(24, 18, seed) for seed in (2, 3)]

@@ -17,8 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.hardening.conftest import CLIP, Served, image_request
-from tests.hardening.corpus import encode, picture
+from tests.hardening.conftest import image_request
+from tests.support.images import encode, picture
+from tests.support.inprocess import Served
+from tests.support.models import CLIP
 
 Serve = Callable[..., Served]
 MAX_QUEUE = 4
@@ -84,13 +86,13 @@ def bounded(serve: Serve) -> Served:
         max_batch_delay_ms=0,
         preprocess_workers=8,
     )
-    served.embed(encode(picture(32, 24), "JPEG"))  # load the model before measuring anything
+    served.vectors(encode(picture(32, 24), "JPEG"), model=CLIP)  # load the model before measuring anything
     return served
 
 
 def test_full_queue_answers_resource_exhausted_and_never_runs_the_refused(bounded: Served) -> None:
     request = image_request(*[encode(picture(32, 24, seed), "JPEG") for seed in range(IMAGES_PER_REQUEST)])
-    expected = bounded.embed(*[img.data for img in request.images])
+    expected = bounded.vectors(*[img.data for img in request.images], model=CLIP)
     before = images_run(bounded)
     codes: Counter[str] = Counter()
     details: set[str] = set()
@@ -145,14 +147,14 @@ def test_expired_deadline_is_answered_and_never_run(bounded: Served) -> None:
     assert settled >= 1, "no call reached the handler: nothing was tested"
     assert set(seen) <= {"DEADLINE_EXCEEDED", "CANCELLED"}, seen
     assert images_run(bounded) == before_images  # the model never ran them
-    bounded.embed(big)
+    bounded.vectors(big, model=CLIP)
     assert images_run(bounded) == before_images + 1
 
 
 def test_cancelled_call_frees_its_queue_slots(serve: Serve) -> None:
     served = serve(max_batch_size=1, max_batch_delay_ms=0, max_queue_images=256)
     small = [encode(picture(32, 24, seed), "JPEG") for seed in range(250)]
-    served.embed(small[0])
+    served.vectors(small[0], model=CLIP)
     before = images_run(served)
     call = served.stub.Embed.future(image_request(*small), timeout=120.0)
     assert wait_until(lambda: served.server.engine.queue_depths()[CLIP] > 0, 60.0, step=0.001), "never queued"
@@ -180,7 +182,7 @@ def test_call_without_a_deadline_is_served(serve: Serve, good_jpeg: bytes) -> No
     except grpc.RpcError as exc:
         pytest.fail(f"a call without a deadline failed: {exc.code().name} {exc.details()}")
     np.testing.assert_array_equal(
-        np.array(response.embeddings[0].values, np.float32), served.embed(good_jpeg)[0]
+        np.array(response.embeddings[0].values, np.float32), served.vectors(good_jpeg, model=CLIP)[0]
     )
 
 

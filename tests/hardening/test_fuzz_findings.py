@@ -19,8 +19,10 @@ from PIL import Image
 
 from embedder.errors import InvalidImage
 from embedder.preprocess import decode
-from tests.hardening.conftest import Served, image_request, serving
+from tests.hardening.conftest import image_request
 from tests.hardening.fuzz_target import FINDINGS, INDEX, findings, fuzz_preprocessor
+from tests.support.inprocess import Served, serving
+from tests.support.models import CLIP
 
 # The TIFF of issue 14: Pillow raised TypeError on it, and a caller got INTERNAL.
 ISSUE_14_TIFF = "20ff68b940ad6eb8c195f5bc6637464defd0f952bba2d94745ecc0dcb9241558"
@@ -28,8 +30,8 @@ FOUND = findings()
 
 
 @pytest.fixture(scope="module")
-def served(hardening_models: Path) -> Iterator[Served]:
-    with serving(hardening_models) as served:
+def served(tiny_models: Path) -> Iterator[Served]:
+    with serving(tiny_models) as served:
         yield served
 
 
@@ -52,7 +54,7 @@ def test_decode_refuses_it_as_invalid_image(name: str) -> None:
 def test_a_server_answers_invalid_argument_and_keeps_serving(
     served: Served, good_jpeg: bytes, name: str
 ) -> None:
-    expected = served.embed(good_jpeg)
+    expected = served.vectors(good_jpeg, model=CLIP)
     failures = served.metric("embedder_decode_failures_total", reason="undecodable") + served.metric(
         "embedder_decode_failures_total", reason="truncated"
     )
@@ -64,7 +66,7 @@ def test_a_server_answers_invalid_argument_and_keeps_serving(
     )
     assert after == failures + 1
     assert served.health() == "SERVING"
-    np.testing.assert_array_equal(served.embed(good_jpeg), expected)
+    np.testing.assert_array_equal(served.vectors(good_jpeg, model=CLIP), expected)
 
 
 def test_the_traceback_goes_to_the_log_at_debug_only(caplog: pytest.LogCaptureFixture) -> None:

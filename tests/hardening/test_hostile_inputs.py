@@ -24,12 +24,15 @@ import grpc
 import numpy as np
 import pytest
 
+from embedder.client import to_numpy
 from embedder.errors import InvalidImage
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from tests.hardening.conftest import Offline, Served, image_request, offline_for, serving, vectors
+from tests.hardening.conftest import Offline, image_request, offline_for
 from tests.hardening.corpus import Case, corpus
 from tests.hardening.fuzz_target import seed_images
-from tests.hardening.process import ServerProcess
+from tests.support.inprocess import Served, serving
+from tests.support.models import CLIP
+from tests.support.processes import ServerProcess
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -42,12 +45,12 @@ class Target:
     good_vector: np.ndarray
 
     def still_serves(self) -> None:
-        np.testing.assert_array_equal(self.served.embed(self.good)[0], self.good_vector)
+        np.testing.assert_array_equal(self.served.vectors(self.good, model=CLIP)[0], self.good_vector)
 
 
 @pytest.fixture(scope="module")
-def target(hardening_models: Path, good_jpeg: bytes) -> Iterator[Target]:
-    with serving(hardening_models) as served:  # the server's own default limits
+def target(tiny_models: Path, good_jpeg: bytes) -> Iterator[Target]:
+    with serving(tiny_models) as served:  # the server's own default limits
         offline = offline_for(served)
         good_vector = offline.vector(good_jpeg)
         yield Target(served, offline, good_jpeg, good_vector)
@@ -69,7 +72,7 @@ def ask_stub(stub: pb_grpc.EmbedderStub, data: bytes) -> tuple[grpc.StatusCode, 
         response = stub.Embed(image_request(data), timeout=120.0)
     except grpc.RpcError as exc:
         return exc.code(), str(exc.details()), None
-    return grpc.StatusCode.OK, "", vectors(response)[0]
+    return grpc.StatusCode.OK, "", to_numpy(response).embeddings[0]
 
 
 def ask(served: Served, data: bytes) -> tuple[grpc.StatusCode, str, np.ndarray | None]:

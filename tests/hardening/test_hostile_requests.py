@@ -14,16 +14,18 @@ import grpc
 import pytest
 
 from embedder.v1 import embedder_pb2 as pb
-from tests.hardening.conftest import CLIP, Served, image_request, serving
+from tests.hardening.conftest import image_request
+from tests.support.inprocess import Served, serving
+from tests.support.models import CLIP
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 HUGE = 2_000_000  # characters: far over any header limit
 
 
 @pytest.fixture(scope="module")
-def served(hardening_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("image-root")
-    with serving(hardening_models, image_root=root) as served:
+    with serving(tiny_models, image_root=root) as served:
         yield served
 
 
@@ -52,7 +54,7 @@ def test_malformed_protobuf_is_invalid_argument(
     assert error.code() == INVALID, (error.code(), error.details())
     assert str(error.details()).startswith(f"malformed {message}: "), error.details()
     assert served.health() == "SERVING"
-    assert served.embed(good_jpeg).shape == (1, 16)
+    assert served.vectors(good_jpeg, model=CLIP).shape == (1, 16)
 
 
 @pytest.mark.parametrize("number", [2, 7, -1])

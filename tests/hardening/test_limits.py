@@ -15,8 +15,11 @@ from PIL import Image
 from embedder.client import EmbedderClient
 from embedder.settings import Settings
 from embedder.wire import DEFAULT_MAX_MESSAGE_BYTES, MiB
-from tests.hardening.conftest import CLIP, Served, image_request, offline_for
-from tests.hardening.corpus import chunk, encode, picture, png, random_bytes, zip_bomb_png
+from tests.hardening.conftest import image_request, offline_for
+from tests.hardening.corpus import random_bytes, zip_bomb_png
+from tests.support.images import chunk, encode, picture, png
+from tests.support.inprocess import Served
+from tests.support.models import CLIP
 
 Serve = Callable[..., Served]
 
@@ -37,16 +40,16 @@ def grey_png(width: int, height: int) -> bytes:
 def test_max_image_bytes_boundary(serve: Serve, good_jpeg: bytes) -> None:
     served = serve(max_image_bytes=100_000)
     exact = padded(good_jpeg, 100_000)
-    np.testing.assert_array_equal(served.embed(exact), served.embed(good_jpeg))
+    np.testing.assert_array_equal(served.vectors(exact, model=CLIP), served.vectors(good_jpeg, model=CLIP))
     error = served.error(image_request(good_jpeg, padded(good_jpeg, 100_001)))
     assert error.code() == INVALID
     assert error.details() == "image 1: 100001 bytes exceeds max_image_bytes=100000"
-    served.embed(good_jpeg)
+    served.vectors(good_jpeg, model=CLIP)
 
 
 def test_max_image_pixels_is_checked_from_the_header(serve: Serve) -> None:
     served = serve(max_image_pixels=10_000)
-    served.embed(grey_png(100, 100))  # exactly the limit
+    served.vectors(grey_png(100, 100), model=CLIP)  # exactly the limit
     error = served.error(image_request(grey_png(100, 101)))
     assert error.code() == INVALID
     assert "100x101 = 10100 pixels exceeds max_image_pixels=10000" in error.details(), error.details()
@@ -69,11 +72,11 @@ def test_small_zip_bomb_is_stopped_by_max_image_pixels_not_pillow(serve: Serve) 
 
 def test_max_images_per_request_boundary(serve: Serve, good_jpeg: bytes) -> None:
     served = serve(max_images_per_request=4)
-    assert served.embed(*[good_jpeg] * 4).shape[0] == 4
+    assert served.vectors(*[good_jpeg] * 4, model=CLIP).shape[0] == 4
     error = served.error(image_request(*[good_jpeg] * 5))
     assert error.code() == INVALID
     assert "5 images exceeds max_images_per_request=4" in error.details()
-    served.embed(good_jpeg)
+    served.vectors(good_jpeg, model=CLIP)
 
 
 def ten_megabyte_png() -> bytes:
@@ -118,6 +121,6 @@ def test_compressed_text_bomb_is_capped_by_pillow(serve: Serve) -> None:
     rows = zlib.compress(b"".join(b"\x00" + photo[y].tobytes() for y in range(32)))
     data = png(32, 32, rows, chunk(b"zTXt", b"Comment\x00\x00" + text))
     try:
-        served.embed(data)
+        served.vectors(data, model=CLIP)
     except grpc.RpcError as exc:
         assert exc.code() == INVALID and exc.details().startswith("image 0: "), exc.details()

@@ -22,8 +22,8 @@ import pytest
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.hardening.conftest import image_request
-from tests.hardening.corpus import encode, picture
-from tests.hardening.process import ServerProcess, rss_mb
+from tests.support.images import encode, picture
+from tests.support.processes import ServerProcess
 
 CAPACITY_S = 5.0
 LOAD_S = 30.0
@@ -116,11 +116,11 @@ def test_twice_capacity_sheds_load_with_bounded_memory(spawn: Callable[..., Serv
     with grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.EmbedderStub(channel)
         idle = median_latency(stub, request)
-        rss_start = rss_mb(server.pid)
+        rss_start = server.rss_mib()
         images_per_s = capacity(stub, request)
         rss: list[float] = []
         load = OpenLoop(stub, request, OVERLOAD * images_per_s)
-        offered = load.run(LOAD_S, lambda: rss.append(rss_mb(server.pid)))
+        offered = load.run(LOAD_S, lambda: rss.append(server.rss_mib()))
         load.wait()
         time.sleep(1.0)
         after = median_latency(stub, request)

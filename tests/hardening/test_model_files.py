@@ -19,20 +19,22 @@ from onnx import TensorProto, helper
 
 from embedder.repository import Repository
 from embedder.spec import SPEC_FILE, SpecError, file_sha256, load_spec, write_spec
-from tests.hardening.conftest import CLIP, DINO, image_request, serving
-from tests.hardening.process import ServerProcess
+from tests.hardening.conftest import image_request
+from tests.support.inprocess import serving
+from tests.support.models import CLIP, DINO
+from tests.support.processes import ServerProcess
 
 
-def copy_models(hardening_models: Path, root: Path) -> Path:
-    shutil.copytree(hardening_models, root)
+def copy_models(tiny_models: Path, root: Path) -> Path:
+    shutil.copytree(tiny_models, root)
     return root
 
 
 @pytest.mark.parametrize("kind", ["not-utf8", "device", "huge"])
 def test_an_unreadable_model_json_stops_start_up_naming_the_file(
-    hardening_models: Path, tmp_path: Path, kind: str
+    tiny_models: Path, tmp_path: Path, kind: str
 ) -> None:
-    models = copy_models(hardening_models, tmp_path / "models")
+    models = copy_models(tiny_models, tmp_path / "models")
     spec = models / CLIP / SPEC_FILE
     spec.unlink()
     if kind == "not-utf8":
@@ -46,8 +48,8 @@ def test_an_unreadable_model_json_stops_start_up_naming_the_file(
     assert str(spec) in str(refused.value)
 
 
-def test_embedder_serve_reports_it_and_exits_2(hardening_models: Path, tmp_path: Path) -> None:
-    models = copy_models(hardening_models, tmp_path / "models")
+def test_embedder_serve_reports_it_and_exits_2(tiny_models: Path, tmp_path: Path) -> None:
+    models = copy_models(tiny_models, tmp_path / "models")
     (models / CLIP / SPEC_FILE).write_bytes(b"\xff\xfe{}")
     server = ServerProcess(models, tmp_path / "server.log")
     assert server.process.wait(60) == 2
@@ -86,9 +88,9 @@ def contract_breaker(kind: str, height: int, width: int) -> onnx.ModelProto:
     ("kind", "why"), [("rows", "gave [1, 3] for a batch of 2"), ("fails", "failed on a batch of 2")]
 )
 def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(
-    hardening_models: Path, tmp_path: Path, good_jpeg: bytes, kind: str, why: str
+    tiny_models: Path, tmp_path: Path, good_jpeg: bytes, kind: str, why: str
 ) -> None:
-    models = copy_models(hardening_models, tmp_path / "models")
+    models = copy_models(tiny_models, tmp_path / "models")
     spec = load_spec(models / CLIP / SPEC_FILE)
     graph = models / CLIP / spec.onnx_file
     onnx.save(contract_breaker(kind, *spec.preprocessing.input_size()), graph)
@@ -97,9 +99,9 @@ def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(
         models / CLIP / SPEC_FILE,
     )
     with serving(models) as served:
-        assert served.embed(good_jpeg).shape == (1, 3)  # batch 1: within the contract
+        assert served.vectors(good_jpeg, model=CLIP).shape == (1, 3)  # batch 1: within the contract
         error = served.error(image_request(good_jpeg, good_jpeg))
         assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
         assert f"model '{CLIP}'" in str(error.details()) and why in str(error.details())
         assert served.health() == "SERVING"
-        assert np.isfinite(served.embed(good_jpeg, model=DINO)).all()  # the other model serves on
+        assert np.isfinite(served.vectors(good_jpeg, model=DINO)).all()  # the other model serves on

@@ -14,8 +14,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,9 +27,12 @@ from embedder.settings import Settings
 from embedder.spec import SPEC_FILE, SpecError, load_spec
 from embedder.v1 import embedder_pb2 as pb
 from tests.hardening.certs import Pki, make_pki
-from tests.hardening.conftest import CLIP, Served
-from tests.hardening.corpus import encode, picture
-from tests.hardening.process import REPO, ServerProcess
+from tests.support import REPO
+from tests.support.commands import run_module
+from tests.support.images import encode, picture
+from tests.support.inprocess import Served
+from tests.support.models import CLIP
+from tests.support.processes import ServerProcess, clean_env
 
 Serve = Callable[..., Served]
 EMBEDDER_SOURCE = REPO / "embedder"
@@ -205,21 +206,10 @@ def test_no_token_in_the_log_of_a_serve_process(
         assert secret not in log
 
 
-def test_settings_error_does_not_print_the_token(hardening_models: Path, tmp_path: Path) -> None:
-    argv = [
-        sys.executable,
-        "-m",
-        "embedder",
-        "serve",
-        "--models-dir",
-        str(hardening_models),
-        "--auth-tokens",
-        TOKENS[0],
-        "--tls-cert",
-        str(tmp_path / "cert.pem"),
-    ]  # no --tls-key: invalid
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
+def test_settings_error_does_not_print_the_token(tiny_models: Path, tmp_path: Path) -> None:
+    flags = ["--models-dir", tiny_models, "--auth-tokens", TOKENS[0], "--tls-cert", tmp_path / "cert.pem"]
+    # no --tls-key: invalid
+    done = run_module("embedder", "serve", *flags, env=clean_env(), timeout=60)
     assert done.returncode == 2 and "tls_cert and tls_key go together" in done.stderr, done.stderr
     assert TOKENS[0] not in done.stdout + done.stderr
 
@@ -285,7 +275,9 @@ def test_path_inputs_confined_to_the_image_root(serve: Serve, image_root: Path) 
     ):
         response = served.stub.Embed(pb.EmbedRequest(model=CLIP, images=[pb.Image(path=path)]), timeout=10.0)
         got = np.array(response.embeddings[0].values, np.float32)
-        np.testing.assert_array_equal(got, served.embed((image_root / data).read_bytes())[0], err_msg=path)
+        np.testing.assert_array_equal(
+            got, served.vectors((image_root / data).read_bytes(), model=CLIP)[0], err_msg=path
+        )
     answers = {}
     for template, reason in REFUSED_PATHS.items():
         path = template.format(root=image_root)
@@ -299,8 +291,8 @@ def test_path_inputs_confined_to_the_image_root(serve: Serve, image_root: Path) 
         )
     print("\n" + "\n".join(f"  path {p!r}: {code} {details}" for p, (code, details) in answers.items()))
     np.testing.assert_array_equal(
-        served.embed((image_root / "photo.jpg").read_bytes()),
-        served.embed((image_root / "photo.jpg").read_bytes()),
+        served.vectors((image_root / "photo.jpg").read_bytes(), model=CLIP),
+        served.vectors((image_root / "photo.jpg").read_bytes(), model=CLIP),
     )
 
 

@@ -33,8 +33,8 @@ from embedder.server import STOP_GRACE_S
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from embedder.wire import REQUEST_ID_KEY
 from tests.hardening.conftest import image_request
-from tests.hardening.corpus import encode, picture
-from tests.hardening.process import ServerProcess, health_status
+from tests.support.images import encode, picture
+from tests.support.processes import ServerProcess, health_status
 
 GRACE_S = 10.0
 CLIENTS = 8
@@ -118,7 +118,7 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(spawn: Callable[..., Serve
     while load.codes()["OK"] < 3 * CLIENTS and time.monotonic() < deadline:  # load is flowing
         time.sleep(0.05)
     signalled = time.monotonic()
-    server.terminate()
+    server.sigterm()
     health = poll_health_until_exit(server, signalled)
     server.process.wait(GRACE_S + 10)
     exited = time.monotonic() - signalled
@@ -191,7 +191,7 @@ def test_health_watch_sees_not_serving_on_sigterm(spawn: Callable[..., ServerPro
         deadline = time.monotonic() + 10
         while seen != ["SERVING"] and time.monotonic() < deadline:
             time.sleep(0.01)
-        server.terminate()
+        server.sigterm()
         while "NOT_SERVING" not in seen and time.monotonic() < deadline:
             time.sleep(0.01)
         stream.cancel()
@@ -206,7 +206,7 @@ def terminate_once_streaming(server: ServerProcess, seen: list[str], grace: floa
     while not seen and time.monotonic() < deadline:
         time.sleep(0.01)
     signalled = time.monotonic()
-    server.terminate()
+    server.sigterm()
     server.process.wait(grace + 10)
     return time.monotonic() - signalled
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.hardening.process import REPO
+from tests.support import REPO
 
 
 @pytest.mark.slow
-def test_soak_tool_runs_end_to_end(hardening_models: Path) -> None:
+def test_soak_tool_runs_end_to_end(tiny_models: Path) -> None:
     argv = [
         sys.executable,
         str(REPO / "tools" / "soak.py"),
         "--models-dir",
-        str(hardening_models),
+        str(tiny_models),
         "--model",
         "tiny-clip",
         "--minutes",
