@@ -1,11 +1,8 @@
-"""Fixtures for the operations tests: the repository's Dockerfile, a tiny model exported through
-the real exporter, and real `embedder serve` processes on 127.0.0.1 (no mocks)."""
+"""Fixtures for the operations tests: the repository's Dockerfile, the session's tiny CLIP export,
+and real `embedder serve` processes on 127.0.0.1 (tests/support/processes.py; no mocks)."""
 
 from __future__ import annotations
 
-import io
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +10,10 @@ import pytest
 from PIL import Image
 
 from tests.ops.dockerfile import Dockerfile
-from tests.ops.servers import REPO, TINY_MODEL, ServerProcess, clean_env
+from tests.support import REPO
+from tests.support.images import encode
+from tests.support.models import make_models_dir
+from tests.support.processes import ServerProcess, running
 
 
 @pytest.fixture(scope="session")
@@ -22,44 +22,19 @@ def dockerfile() -> Dockerfile:
 
 
 @pytest.fixture(scope="session")
-def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models dir with one tiny random-init CLIP, exported by the real exporter (needs torch:
-    the main venv has it)."""
-    models = tmp_path_factory.mktemp("ops-models")
-    argv = [
-        sys.executable,
-        "-m",
-        "export",
-        "clip",
-        TINY_MODEL,
-        "--random-init",
-        "--no-huge",
-        "--out",
-        str(models / TINY_MODEL),
-    ]
-    done = subprocess.run(
-        argv, check=False, cwd=REPO, capture_output=True, text=True, timeout=300, env=clean_env()
-    )
-    assert done.returncode == 0, f"export failed:\n{done.stdout}\n{done.stderr}"
-    return models
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> Path:
+    """A models dir with a copy of the session's tiny CLIP export, alone (read-only)."""
+    return make_models_dir(tmp_path_factory.mktemp("ops-models"), tiny_clip_dir)
 
 
 @pytest.fixture(scope="session")
 def png_bytes() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (200, 40, 90)).save(buffer, "PNG")
-    return buffer.getvalue()
+    return encode(Image.new("RGB", (64, 48), (200, 40, 90)), "PNG")
 
 
 @pytest.fixture
 def replicas(tiny_models_dir: Path, tmp_path: Path) -> Iterator[list[ServerProcess]]:
     """Two `embedder serve` processes of the main venv on one shared models dir, both SERVING."""
-    command = [sys.executable, "-m", "embedder", "serve"]
-    servers = [ServerProcess(command, tiny_models_dir, tmp_path / f"replica{i}.log") for i in range(2)]
-    try:
-        for server in servers:
-            server.wait_serving()
-        yield servers
-    finally:
-        for server in servers:
-            server.terminate()
+    servers = [ServerProcess(tiny_models_dir, tmp_path / f"replica{i}.log", metrics=True) for i in range(2)]
+    with running(*servers) as started:
+        yield started

@@ -14,7 +14,7 @@ import yaml
 
 from embedder.settings import Settings
 from tests.ops.dockerfile import Dockerfile
-from tests.ops.servers import REPO
+from tests.support import REPO
 
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"

@@ -23,7 +23,9 @@ from pathlib import Path
 import pytest
 
 from tests.ops.dockerfile import Dockerfile, Instruction
-from tests.ops.servers import REPO, TINY_MODEL, ServerProcess, clean_env
+from tests.support import REPO
+from tests.support.models import CLIP as TINY_MODEL
+from tests.support.processes import ServerProcess
 
 RUNTIME = "runtime"
 TRAINING_STACK = ("torch", "transformers", "optimum")
@@ -269,8 +271,8 @@ def test_runtime_install_serves_with_the_image_command_and_health_check(
     assert entry_argv is not None and cmd_argv is not None
     command = [str(bin_dir / entry_argv[0]), *entry_argv[1:], *cmd_argv]
     # The image's environment; ServerProcess's flags then pin every address to 127.0.0.1.
-    env = clean_env(**{k: v for k, v in dockerfile.env(RUNTIME).items() if k.startswith("EMBEDDER_")})
-    server = ServerProcess(command, tiny_models_dir, tmp_path / "server.log", env=env)
+    env = {k: v for k, v in dockerfile.env(RUNTIME).items() if k.startswith("EMBEDDER_")}
+    server = ServerProcess(tiny_models_dir, tmp_path / "server.log", command=command, env=env, metrics=True)
     try:
         server.wait_serving()
         health = _healthcheck_argv(dockerfile)

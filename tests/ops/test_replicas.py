@@ -14,7 +14,6 @@ them; with retries off that test fails.
 from __future__ import annotations
 
 import signal
-import sys
 import threading
 import time
 from collections import Counter
@@ -29,7 +28,8 @@ import pytest
 
 from embedder.client import EmbedderClient
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
-from tests.ops.servers import TINY_MODEL, ServerProcess
+from tests.support.models import CLIP as TINY_MODEL
+from tests.support.processes import ServerProcess, running
 
 CALLS = 200
 WORKERS = 4
@@ -42,14 +42,14 @@ def _target(servers: list[ServerProcess]) -> str:
 
 
 def _served(servers: list[ServerProcess], before: list[int]) -> list[int]:
-    return [server.requests_ok() - b for server, b in zip(servers, before, strict=True)]
+    return [server.requests_ok(TINY_MODEL) - b for server, b in zip(servers, before, strict=True)]
 
 
 @pytest.mark.timeout(120)
 def test_round_robin_spreads_calls_over_both_replicas(
     replicas: list[ServerProcess], png_bytes: bytes
 ) -> None:
-    before = [server.requests_ok() for server in replicas]
+    before = [server.requests_ok(TINY_MODEL) for server in replicas]
     with EmbedderClient(_target(replicas), timeout=10) as client:
         for _ in range(CALLS):
             result = client.embed(TINY_MODEL, [png_bytes])
@@ -83,19 +83,19 @@ def test_sigterm_to_one_replica_mid_run_loses_no_call(
 
     def stop_victim() -> None:
         halfway.wait()
-        seen["victim_served"] = victim.requests_ok() - before_victim
+        seen["victim_served"] = victim.requests_ok(TINY_MODEL) - before_victim
         seen["at_sigterm"] = completed
         seen["exit_code"] = victim.terminate()
         seen["at_exit"] = completed
 
-    before_victim, before_survivor = victim.requests_ok(), survivor.requests_ok()
+    before_victim, before_survivor = victim.requests_ok(TINY_MODEL), survivor.requests_ok(TINY_MODEL)
     with EmbedderClient(_target(replicas), timeout=10) as client:
         stopper = threading.Thread(target=stop_victim)
         stopper.start()
         with ThreadPoolExecutor(WORKERS) as pool:
             vectors = list(pool.map(call, range(CALLS)))  # any failed call raises here
         stopper.join(60)
-    survivor_served = survivor.requests_ok() - before_survivor
+    survivor_served = survivor.requests_ok(TINY_MODEL) - before_survivor
     print(
         f"\nSIGTERM to one replica after {seen['at_sigterm']} of {CALLS} calls; it exited "
         f"{seen['exit_code']} after {seen['at_exit']}; victim served >= {seen['victim_served']}, "
@@ -129,19 +129,11 @@ class AttemptCodes(grpc.UnaryUnaryClientInterceptor):
 def slow_victim_and_survivor(tiny_models_dir: Path, tmp_path: Path) -> Iterator[list[ServerProcess]]:
     """Two replicas; the first holds every call ~1.5 s in its batcher (waiting to fill a batch),
     so when it is killed there are calls in flight on it, by construction rather than by luck."""
-    serve = [sys.executable, "-m", "embedder", "serve"]
-    slow = [*serve, "--max-batch-delay-ms", "1500", "--max-batch-size", "1024"]
-    servers = [
-        ServerProcess(slow, tiny_models_dir, tmp_path / "victim.log"),
-        ServerProcess(serve, tiny_models_dir, tmp_path / "survivor.log"),
-    ]
-    try:
-        for server in servers:
-            server.wait_serving()
+    slow = ("--max-batch-delay-ms", "1500", "--max-batch-size", "1024")
+    victim = ServerProcess(tiny_models_dir, tmp_path / "victim.log", *slow, metrics=True)
+    survivor = ServerProcess(tiny_models_dir, tmp_path / "survivor.log", metrics=True)
+    with running(victim, survivor) as servers:
         yield servers
-    finally:
-        for server in servers:
-            server.terminate()
 
 
 @pytest.mark.timeout(120)
@@ -161,7 +153,7 @@ def test_sigkill_of_a_replica_mid_run_is_absorbed_by_client_retries(
         killed_at["queued"] = victim.metric("embedder_queue_depth", model=TINY_MODEL)
         victim.process.send_signal(signal.SIGKILL)
 
-    before = survivor.requests_ok()
+    before = survivor.requests_ok(TINY_MODEL)
     with EmbedderClient(_target(slow_victim_and_survivor), timeout=10) as client:
         client.stub = pb_grpc.EmbedderStub(grpc.intercept_channel(client.channel, attempts))
         killer = threading.Thread(target=kill_when_busy)
@@ -172,7 +164,7 @@ def test_sigkill_of_a_replica_mid_run_is_absorbed_by_client_retries(
     assert victim.process.wait(10) == -signal.SIGKILL
     print(
         f"\nSIGKILL with {killed_at['queued']:.0f} call(s) queued on the victim; attempts by status: "
-        f"{dict(attempts.codes)}; survivor served {survivor.requests_ok() - before}; "
+        f"{dict(attempts.codes)}; survivor served {survivor.requests_ok(TINY_MODEL) - before}; "
         f"all {len(vectors)} calls succeeded"
     )
     assert len(vectors) == calls and all(v.shape[0] == 1 for v in vectors)
