@@ -18,11 +18,12 @@ from embedder.cpus import available_cpus
 from embedder.repository import Repository
 from embedder.spec import ModelSpec
 from export.spec_writer import library_versions
+from tests.support.images import photo_jpeg
+from tests.support.processes import ServerProcess
 
 from . import measure
-from .images import bench_images
 from .report import render
-from .service import ServerProcess, run_load
+from .service import bench_server, run_load
 
 LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request), on 640x480 frames
 PAIRED_ROUNDS = 6  # the service-over-ceiling ratio: ceiling and service alternate this many times
@@ -36,6 +37,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     return parser.parse_args()
+
+
+def bench_images(count: int = 64, large: int = 4) -> tuple[list[bytes], list[bytes]]:
+    """`count` 640x480 frames (keyframe-sized) and `large` 4032x3024 photos, all distinct."""
+    frames = [photo_jpeg(640, 480, seed) for seed in range(count)]
+    photos = [photo_jpeg(4032, 3024, 10_000 + seed) for seed in range(large)]
+    return frames, photos
 
 
 def machine() -> dict[str, object]:
@@ -140,14 +148,11 @@ def bench_int8_service(
     """The int8 variant served alone (its own server, so the fp32 pair's memory figure stays theirs)."""
     scratch.mkdir()
     (scratch / name).symlink_to((models_dir / name).resolve())
-    server = ServerProcess(scratch)
-    try:
+    with bench_server(scratch, scratch.with_suffix(".log")) as (server, _):
         return [
             run_load(server.address, name, frames, c, 1, seconds * 1.5, warmup=min(2.0, seconds / 2))
             for c in (1, 16)
         ]
-    finally:
-        server.stop()
 
 
 def main() -> int:
@@ -170,24 +175,20 @@ def main() -> int:
                 (dirs[kind] / f"{i:04d}.jpg").write_bytes(data)
         clip_only.mkdir()
         (clip_only / args.clip).symlink_to((args.models_dir / args.clip).resolve())
-        cold = ServerProcess(clip_only)
-        results["cold_start_clip_s"] = cold.ready_seconds
-        cold.stop()
+        with bench_server(clip_only, scratch / "cold.log") as (_, ready_seconds):
+            results["cold_start_clip_s"] = ready_seconds
         models_dir = scratch / "served"
         models_dir.mkdir()
         for name in names:
             (models_dir / name).symlink_to((args.models_dir / name).resolve())
-        server = ServerProcess(models_dir)
-        try:
+        with bench_server(models_dir, scratch / "served.log") as (server, _):
             results["models"] = [bench_model(repo, n, frames, dirs, server, seconds, scratch) for n in names]
-            results["rss_both_loaded_mb"] = server.rss_mb()
+            results["rss_both_loaded_mb"] = server.rss_mib()
             # Once batches stop, the server hands freed heap back within ~2-7 s (embedder/memory.py).
             results["rss_at_rest_after_s"] = 1.0 if args.smoke else 8.0
             time.sleep(results["rss_at_rest_after_s"])  # type: ignore[arg-type]
-            results["rss_at_rest_mb"] = server.rss_mb()
+            results["rss_at_rest_mb"] = server.rss_mib()
             results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
-        finally:
-            server.stop()
         for model in results["models"]:  # type: ignore[attr-defined]
             if "int8" in model:
                 model["int8"]["service"] = bench_int8_service(

@@ -4,81 +4,24 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tests.support.processes import ServerProcess
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class ServerProcess:
-    """`embedder serve --preload` in its own process; `ready_seconds` is spawn -> SERVING."""
-
-    def __init__(self, models_dir: Path, *extra: str) -> None:
-        self.address = f"127.0.0.1:{free_port()}"
-        started = time.perf_counter()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "embedder",
-                "serve",
-                "--preload",
-                "--address",
-                self.address,
-                "--models-dir",
-                str(models_dir),
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.ready_seconds = self._wait_serving(started)
-
-    def _wait_serving(self, started: float, timeout: float = 120.0) -> float:
-        channel = grpc.insecure_channel(self.address)
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            while time.perf_counter() - started < timeout:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"server exited: {self.process.stderr.read() if self.process.stderr else ''}"
-                    )
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return time.perf_counter() - started
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.01)
-        finally:
-            channel.close()
-        raise TimeoutError("server did not become SERVING")
-
-    def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+@contextmanager
+def bench_server(models_dir: Path, log_path: Path) -> Iterator[tuple[ServerProcess, float]]:
+    """`embedder serve --preload` over `models_dir`, SERVING, and its spawn -> SERVING seconds
+    (health polled every 10 ms: the cold start is a reported figure); stopped after the block."""
+    server = ServerProcess(models_dir, log_path, "--preload", "--log-level", "WARNING")
+    try:
+        yield server, server.wait_serving(timeout=120.0, poll_s=0.01)
+    finally:
+        server.stop(timeout=30.0)
 
 
 def run_load(
