@@ -24,15 +24,9 @@ server died, or the drift exceeded --max-drift-pct (when given).
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import os
 import random
-import signal
-import socket
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,7 +38,6 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -52,6 +45,8 @@ sys.path.insert(0, str(REPO))
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from embedder.wire import channel_options
+from tests.support.images import encode, picture, png
+from tests.support.processes import ServerProcess
 
 EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 
@@ -59,37 +54,18 @@ EXPECTED = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}
 # --- traffic ---------------------------------------------------------------------------------
 
 
-def _encode(image: Image.Image, fmt: str, **params: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, fmt, **params)
-    return buffer.getvalue()
+FORMATS = [("JPEG", {"quality": 85}), ("PNG", {}), ("WEBP", {"quality": 80}), ("GIF", {})]
 
 
 def valid_images(rng: np.random.Generator, count: int = 24) -> list[bytes]:
     """Noisy gradients of varied sizes and formats: decoders and resizes of many shapes."""
     images = []
     for i in range(count):
-        width, height = int(rng.integers(32, 1024)), int(rng.integers(32, 1024))
-        y, x = np.mgrid[0:height, 0:width]
-        base = np.stack([x * 255 // width, y * 255 // height, (x ^ y) & 255], -1)
-        pixels = np.clip(base + rng.integers(-30, 30, base.shape), 0, 255).astype(np.uint8)
-        image = Image.fromarray(pixels, "RGB")
-        fmt, params = [("JPEG", {"quality": 85}), ("PNG", {}), ("WEBP", {"quality": 80}), ("GIF", {})][i % 4]
-        images.append(_encode(image.convert("P") if fmt == "GIF" else image, fmt, **params))
+        width, height = (int(n) for n in rng.integers(32, 1024, 2))
+        seed = int(rng.integers(1 << 31))
+        fmt, params = FORMATS[i % len(FORMATS)]
+        images.append(encode(picture(width, height, seed, "P" if fmt == "GIF" else "RGB"), fmt, **params))
     return images
-
-
-def _png_header(width: int, height: int) -> bytes:
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(bytes(64)))
-        + chunk(b"IEND", b"")
-    )
 
 
 def invalid_images(rng: np.random.Generator, valid: list[bytes]) -> list[bytes]:
@@ -97,7 +73,7 @@ def invalid_images(rng: np.random.Generator, valid: list[bytes]) -> list[bytes]:
         rng.integers(0, 256, 4096, dtype=np.uint8).tobytes(),
         valid[0][: len(valid[0]) // 2],  # truncated JPEG
         b"%PDF-1.4\n%%EOF\n",
-        _png_header(50_000, 50_000),
+        png(50_000, 50_000, zlib.compress(bytes(64))),  # a header claiming 2.5 Gpx
         b"",
     ]
 
@@ -118,57 +94,15 @@ class Traffic:
 # --- the server ------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def start_server(models_dir: Path, extra: list[str], log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
-    address = f"127.0.0.1:{free_port()}"
-    argv = [
-        sys.executable,
-        "-m",
-        "embedder",
-        "serve",
-        "--address",
-        address,
-        "--models-dir",
-        str(models_dir),
-        "--preload",
-        "--log-level",
-        "WARNING",
-        *extra,
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDER_")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return process, address
-
-
-def wait_serving(process: subprocess.Popen[bytes], address: str, timeout: float = 120.0) -> None:
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise SystemExit(f"soak: server exited with {process.returncode} during start-up")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status == 1:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"soak: server not SERVING after {timeout:.0f} s")
+def start_server(models_dir: Path, extra: list[str], log_path: Path) -> ServerProcess:
+    """`embedder serve --preload` over `models_dir`, SERVING; exits the tool if it never is."""
+    server = ServerProcess(models_dir, log_path, "--preload", "--log-level", "WARNING", *extra)
+    try:
+        server.wait_serving(timeout=120.0, poll_s=0.2)
+    except RuntimeError as exc:
+        server.stop()
+        raise SystemExit(f"soak: {exc}") from None
+    return server
 
 
 def first_model(address: str) -> str:
@@ -243,9 +177,9 @@ def run(args: argparse.Namespace) -> int:
     valid = valid_images(rng)
     traffic = Traffic(valid, invalid_images(rng, valid), args.invalid_fraction)
     log_path = Path(tempfile.mkdtemp(prefix="soak-")) / "server.log"
-    process, address = start_server(args.models_dir, args.server_arg, log_path)
+    server = start_server(args.models_dir, args.server_arg, log_path)
+    process, address = server.process, server.address
     try:
-        wait_serving(process, address)
         model = args.model or first_model(address)
         seconds = args.minutes * 60
         print(
@@ -266,13 +200,13 @@ def run(args: argparse.Namespace) -> int:
             thread.start()
         samples: list[tuple[float, float]] = []
         while (now := time.monotonic()) < until and process.poll() is None:
-            samples.append((now - started, rss_mib(process.pid)))
+            samples.append((now - started, server.rss_mib()))
             with tally.lock:
                 codes = dict(tally.codes)
             print(f"  t={now - started:6.0f} s  rss={samples[-1][1]:7.1f} MiB  {codes}", flush=True)
             time.sleep(min(args.sample_s, max(0.0, until - time.monotonic())))
         if process.poll() is None:
-            samples.append((time.monotonic() - started, rss_mib(process.pid)))
+            samples.append((time.monotonic() - started, server.rss_mib()))
         for thread in threads:
             thread.join(60)
         if process.poll() is not None:
@@ -281,12 +215,7 @@ def run(args: argparse.Namespace) -> int:
         warmup = min(args.warmup_s, seconds / 2)
         summary = summarise(samples, tally, seconds, min(args.window_s, (seconds - warmup) / 2), warmup)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        server.stop(timeout=60.0)
     summary["exit_code"] = process.returncode
     print(json.dumps(summary, indent=2))
     print(
