@@ -1,10 +1,11 @@
-"""Dynamic batching for one model: concurrent requests' images are coalesced into one
-`session.run` (up to a max batch size, or whatever arrived within a short delay, plus images
-still being decoded, up to max_fill_wait_s) and the rows are handed back to each request's
-futures in order.
+"""Dynamic batching for one graph of one model: concurrent requests' items (image tensors, or a
+text's token ids) are coalesced into one `session.run` (up to a max batch size, or whatever
+arrived within a short delay, plus items still being prepared, up to max_fill_wait_s) and the
+rows are handed back to each request's futures in order.
 
-Admission is bounded: a request reserves room for its images *before* they are decoded, and holds
-it until it is answered, so every image in preprocessing, waiting or running counts. When full,
+Admission is bounded: a request reserves room for its items *before* they are decoded or
+tokenized, and holds it until it is answered, so every item in preparation, waiting or running
+counts. When full,
 RESOURCE_EXHAUSTED comes at once, before any work, instead of a backlog growing in the
 server or the decode pool. Work whose deadline has passed, or whose request was cancelled, is
 dropped before inference, so it never costs model time.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -28,27 +30,27 @@ from .turns import CpuTurns
 
 log = logging.getLogger(__name__)
 
-RunBatch = Callable[[np.ndarray], np.ndarray]
+RunBatch = Callable[[list[Any]], np.ndarray]  # the batch's items -> one row each
 # Called before each batch takes its CPU turn; returns what runs the batch. Loading a model (an
 # evicted one) happens there, so a load never holds the cores' turn from decodes and other models.
 Runner = Callable[[], RunBatch]
 # How long a batch waits for images still being decoded: decoding happens between runs (turns.py),
 # so those images are what the next batch is made of (measured: docs/performance.md, design choices).
 FILL_WAIT_S = 0.05
-BatchObserver = Callable[[str, int, float], None]  # model, batch size, seconds
+BatchObserver = Callable[[str, str, int, float], None]  # model, modality, batch size, seconds
 
 
 @dataclass(eq=False)
 class Admission:
-    """A request's room in the queue; `incoming` while its images are still being decoded."""
+    """A request's room in the queue; `incoming` while its items are still being prepared."""
 
-    images: int
+    items: int
     incoming: bool = True
 
 
 @dataclass(eq=False)
 class Job:
-    pixels: np.ndarray  # [3, H, W] float32
+    item: Any  # an image's [3, H, W] float32 tensor, a text's token ids
     future: Future[np.ndarray]
     deadline: float | None  # time.monotonic() value
 
@@ -64,65 +66,68 @@ class Batcher:
         observer: BatchObserver | None = None,
         turns: CpuTurns | None = None,
         max_fill_wait_s: float = FILL_WAIT_S,
+        modality: str = "image",
     ) -> None:
         self.name = name
+        self.modality = modality
         self._runner = runner
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
-        self._observer = observer or (lambda name, size, seconds: None)
+        self._observer = observer or (lambda name, modality, size, seconds: None)
         self._turns = turns or CpuTurns()
         self.max_fill_wait_s = max_fill_wait_s
-        self._incoming = 0  # admitted images not yet submitted: being decoded
+        self._items, self._limit = f"{modality}s", f"max_queue_{modality}s"  # for messages
+        self._incoming = 0  # admitted items not yet submitted: being decoded or tokenized
         self._queue: deque[Job] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self._admitted = 0  # images of requests between admission and answer
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._admitted = 0  # items of requests between admission and answer
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}-{modality}", daemon=True)
         self._thread.start()
 
     def depth(self) -> int:
-        """Images admitted and not yet answered (decoding, queued or running)."""
+        """Items admitted and not yet answered (being prepared, queued or running)."""
         return self._admitted
 
     @contextmanager
-    def admit(self, images: int) -> Iterator[Admission]:
-        """Hold room for a request's images from before decoding until it is answered."""
-        if images > self.max_queue:  # retrying could never help: a limit, not load
+    def admit(self, items: int) -> Iterator[Admission]:
+        """Hold room for a request's items from before their preparation until it is answered."""
+        if items > self.max_queue:  # retrying could never help: a limit, not load
             raise LimitExceeded(
-                f"{images} images exceeds max_queue_images={self.max_queue}: split the request"
+                f"{items} {self._items} exceeds {self._limit}={self.max_queue}: split the request"
             )
         with self._cond:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
-            if self._admitted + images > self.max_queue:
+            if self._admitted + items > self.max_queue:
                 raise Overloaded(
-                    f"model {self.name!r} is overloaded: {self._admitted} images in progress, "
-                    f"max_queue_images={self.max_queue}; retry later"
+                    f"model {self.name!r} is overloaded: {self._admitted} {self._items} in progress, "
+                    f"{self._limit}={self.max_queue}; retry later"
                 )
-            self._admitted += images
-            self._incoming += images
-        admission = Admission(images)
+            self._admitted += items
+            self._incoming += items
+        admission = Admission(items)
         try:
             yield admission
         finally:
             with self._cond:
-                self._admitted -= images
+                self._admitted -= items
                 if admission.incoming:
-                    self._incoming -= images
+                    self._incoming -= items
                     self._cond.notify()
 
     def submit(
-        self, tensors: list[np.ndarray], deadline: float | None, admission: Admission | None = None
+        self, items: list[Any], deadline: float | None, admission: Admission | None = None
     ) -> list[Future[np.ndarray]]:
-        """Queue a request's images together (admitted first); one future per image, in order."""
-        jobs = [Job(t, Future(), deadline) for t in tensors]
+        """Queue a request's items together (admitted first); one future per item, in order."""
+        jobs = [Job(item, Future(), deadline) for item in items]
         with self._cond:
             if self._closed:
                 raise ShuttingDown(f"model {self.name!r} is shutting down")
             if admission is not None and admission.incoming:
                 admission.incoming = False
-                self._incoming -= admission.images
+                self._incoming -= admission.items
             self._queue.extend(jobs)
             self._cond.notify()
         return [job.future for job in jobs]
@@ -174,16 +179,15 @@ class Batcher:
 
     def _run(self, jobs: list[Job]) -> None:
         try:
-            batch = np.stack([job.pixels for job in jobs])
             run_batch = self._runner()
             with self._turns.run():
                 started = time.perf_counter()  # the run itself, not the wait for its turn
-                out = run_batch(batch)
+                out = run_batch([job.item for job in jobs])
                 seconds = time.perf_counter() - started
         except BaseException as exc:  # noqa: BLE001 - every waiting request must hear of it
             for job in jobs:
                 job.future.set_exception(exc)
             return
-        self._observer(self.name, len(jobs), seconds)
+        self._observer(self.name, self.modality, len(jobs), seconds)
         for job, row in zip(jobs, out):
             job.future.set_result(row)

@@ -183,6 +183,11 @@ class EmbedderClient:
         )
         return to_numpy(self._call(self.stub.Embed, request))
 
+    def embed_text(self, model: str, texts: Sequence[str], *, normalize: bool = False) -> Embeddings:
+        """Texts into the space of the model's images (a model with a text tower: CLIP)."""
+        request = pb.EmbedTextRequest(model=model, texts=list(texts), normalize=normalize)
+        return to_numpy(self._call(self.stub.EmbedText, request))
+
     def embed_many(
         self, model: str, images: Iterable[ImageLike | pb.Image], *, chunk: int = 32, normalize: bool = False
     ) -> Iterator[Embeddings]:
@@ -256,6 +261,10 @@ class AsyncEmbedderClient:
             aggregate_only=aggregate_only,
         )
         return to_numpy(await self._call(self.stub.Embed, request))
+
+    async def embed_text(self, model: str, texts: Sequence[str], *, normalize: bool = False) -> Embeddings:
+        request = pb.EmbedTextRequest(model=model, texts=list(texts), normalize=normalize)
+        return to_numpy(await self._call(self.stub.EmbedText, request))
 
     async def list_models(self) -> list[pb.ModelStatus]:
         return list((await self._call(self.stub.ListModels, pb.ListModelsRequest())).models)

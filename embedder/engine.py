@@ -1,9 +1,10 @@
-"""One request through pre -> core -> post.
+"""One request through pre -> core -> post, for images and for texts.
 
-pre:  read and decode each image, resize, crop, normalise (a thread pool; Pillow releases the GIL),
-      between inference runs rather than beside them (turns.py)
-core: the model's batcher coalesces images of concurrent requests into one session.run
-post: L2-normalise if asked, mean-aggregate if asked
+pre:  images: read and decode each, resize, crop, normalise; texts: tokenize each. In a thread
+      pool (Pillow and tokenizers release the GIL), between inference runs rather than beside
+      them (turns.py)
+core: the graph's batcher coalesces the items of concurrent requests into one session.run
+post: L2-normalise if asked, mean-aggregate if asked (images)
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
-from .batcher import Batcher, BatchObserver
+from .batcher import Batcher, BatchObserver, RunBatch
 from .errors import (
     DeadlineExpired,
     EmbedderError,
@@ -27,15 +28,16 @@ from .errors import (
     InvalidRequest,
     LimitExceeded,
     ModelUnavailable,
-    RejectedImages,
+    RejectedItems,
 )
 from .memory import IdleTrimmer
 from .preprocess import DecodeLimits, Preprocessor, decode
-from .repository import ModelEntry, Repository
-from .runtime import run
-from .sessions import SessionCache
+from .repository import IMAGE, TEXT, ModelEntry, Repository
+from .runtime import run, run_text
+from .sessions import Graph, Loaded, SessionCache
 from .settings import Settings
 from .sources import ImageSource, SourceReader
+from .text import collate
 from .turns import CpuTurns
 
 log = logging.getLogger(__name__)
@@ -86,55 +88,65 @@ class Engine:
             name: Preprocessor(entry.spec.preprocessing, self.limits)
             for name, entry in repository.entries.items()
         }
-        self._batchers: dict[str, Batcher] = {}
+        self._batchers: dict[Graph, Batcher] = {}
         self._batchers_lock = threading.Lock()
 
-    def batcher(self, name: str) -> Batcher:
+    def batcher(self, name: str, modality: str = IMAGE) -> Batcher:
         with self._batchers_lock:
-            if name not in self._batchers:
-                self._batchers[name] = Batcher(
+            if (name, modality) not in self._batchers:
+                spec, settings = self.repository.entries[name].spec, self.settings
+                if modality == TEXT:
+                    max_batch, max_queue = settings.max_text_batch_size, settings.max_queue_texts
+                else:
+                    max_batch = settings.max_batch_size if spec.batch_invariant else 1
+                    max_queue = settings.max_queue_images
+                self._batchers[(name, modality)] = Batcher(
                     name,
-                    lambda: self._runner(name),
-                    max_batch=self.settings.max_batch_size
-                    if self.repository.entries[name].spec.batch_invariant
-                    else 1,
-                    max_delay_s=self.settings.max_batch_delay_ms / 1000,
-                    max_queue=self.settings.max_queue_images,
+                    lambda: self._runner(name, modality),
+                    max_batch=max_batch,
+                    max_delay_s=settings.max_batch_delay_ms / 1000,
+                    max_queue=max_queue,
                     observer=self._batch_done,
                     turns=self.turns,
+                    modality=modality,
                 )
-            return self._batchers[name]
+            return self._batchers[(name, modality)]
 
-    def _runner(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
-        """The model's session, loaded now if it was evicted since the request was admitted."""
-        session = self.cache.get(name)
-        return lambda pixels: self._run(name, session, pixels)
+    def _runner(self, name: str, modality: str) -> RunBatch:
+        """What runs a batch, with the graph loaded now if it was evicted since admission."""
+        loaded = self.cache.get(name, modality)
+        if modality == TEXT:
+            return lambda rows: self._run(name, modality, len(rows), lambda: _run_texts(loaded, rows))
+        return lambda tensors: self._run(
+            name, modality, len(tensors), lambda: run(loaded.session, np.stack(tensors))
+        )
 
-    def _run(self, name: str, session: ort.InferenceSession, pixels: np.ndarray) -> np.ndarray:
-        """One batch through the model's graph, held to its contract: a graph that fails or gives
-        the wrong shape is the model's fault (UNAVAILABLE), not the request's or the server's."""
+    def _run(self, name: str, modality: str, size: int, go: Callable[[], np.ndarray]) -> np.ndarray:
+        """One batch through a graph, held to its contract: a graph that fails or gives the wrong
+        shape is the model's fault (UNAVAILABLE), not the request's or the server's."""
         dim = self.repository.entries[name].spec.embedding_dim
         try:
-            vectors = run(session, pixels)
+            vectors = go()
         except Exception as exc:
-            log.exception("model %s failed on a batch of %d", name, len(pixels))
+            log.exception("model %s failed on a batch of %d (%s)", name, size, modality)
             raise ModelUnavailable(
-                f"model {name!r} failed on a batch of {len(pixels)}: {type(exc).__name__}"
+                f"model {name!r} failed on a batch of {size} ({modality}): {type(exc).__name__}"
             ) from None
-        if vectors.shape != (len(pixels), dim):
+        if vectors.shape != (size, dim):
             raise ModelUnavailable(
-                f"model {name!r}: its graph gave {list(vectors.shape)} for a batch of {len(pixels)}, not [{len(pixels)}, {dim}]"
+                f"model {name!r}: its {modality} graph gave {list(vectors.shape)} for a batch of {size}, "
+                f"not [{size}, {dim}]"
             )
         return vectors
 
-    def _batch_done(self, model: str, size: int, seconds: float) -> None:
+    def _batch_done(self, model: str, modality: str, size: int, seconds: float) -> None:
         self.trimmer.touch()
         if self._batch_observer is not None:
-            self._batch_observer(model, size, seconds)
+            self._batch_observer(model, modality, size, seconds)
 
-    def queue_depths(self) -> dict[str, int]:
+    def queue_depths(self) -> dict[Graph, int]:
         with self._batchers_lock:
-            return {name: batcher.depth() for name, batcher in self._batchers.items()}
+            return {graph: batcher.depth() for graph, batcher in self._batchers.items()}
 
     async def embed(
         self,
@@ -144,30 +156,78 @@ class Engine:
         deadline: float | None = None,
     ) -> EmbedResult:
         """Runs on the server's event loop and never blocks it: decoding runs in the worker pool,
-        inference in the model's batcher thread, a model load in a helper thread. `deadline` is a
+        inference in the graph's batcher thread, a model load in a helper thread. `deadline` is a
         time.monotonic() value; past it the work is dropped, not run. Cancelling the coroutine
         (the caller went away) drops the request's decoding and inference not yet started."""
-        self._check_request(sources, options)
-        if self.cache.cached(entry.name) is None:
-            await asyncio.to_thread(self.cache.get, entry.name)  # an unusable model fails before decoding
+        self._check_images(sources, options)
+        await self._ready(entry, IMAGE)
+        preprocessor = self._preprocessors[entry.name]
+
+        def prepare(index: int) -> np.ndarray:
+            try:
+                data = self.reader.read(sources[index], index)
+                with self.turns.decode():
+                    return preprocessor(decode(data, self.limits))
+            except InvalidImage as exc:
+                raise exc.at(index) from None
+
+        vectors = await self._infer(entry, IMAGE, len(sources), prepare, deadline)
+        return self._post(entry, vectors, options)
+
+    async def embed_text(
+        self, entry: ModelEntry, texts: list[str], normalize: bool, deadline: float | None = None
+    ) -> EmbedResult:
+        """`embed` for texts: each tokenized in the worker pool, then the model's text graph."""
+        self._check_texts(entry, texts)
+        tokenizer = (await self._ready(entry, TEXT)).tokenizer
+        assert tokenizer is not None  # a text graph loads with its tokenizer
+
+        def prepare(index: int) -> np.ndarray:
+            with self.turns.decode():
+                return tokenizer.encode([texts[index]])[0]
+
+        vectors = await self._infer(entry, TEXT, len(texts), prepare, deadline)
+        return self._post(entry, vectors, EmbedOptions(normalize=normalize))
+
+    async def _ready(self, entry: ModelEntry, modality: str) -> Loaded:
+        """The graph, loaded in a helper thread if it is not resident: an unusable graph fails
+        before any work, and a load never runs on the event loop."""
+        loaded = self.cache.cached(entry.name, modality)
+        return loaded if loaded is not None else await asyncio.to_thread(self.cache.get, entry.name, modality)
+
+    async def _infer(
+        self,
+        entry: ModelEntry,
+        modality: str,
+        count: int,
+        prepare: Callable[[int], Any],
+        deadline: float | None,
+    ) -> np.ndarray:
+        """Admission, each item prepared in the pool, the batcher, the vectors in order."""
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
-        batcher = self.batcher(entry.name)
+        batcher = self.batcher(entry.name, modality)
         cancelled = threading.Event()
-        with batcher.admit(len(sources)) as admission:
-            decoding = self._start_preprocess(entry.name, sources, deadline, cancelled)
+
+        def one(index: int) -> Any:
+            for _ in range(2):  # before waiting for the turn, and again once it came (a batch may have run)
+                if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    raise DeadlineExpired("deadline passed or call cancelled before preparing")
+            return prepare(index)
+
+        with batcher.admit(count) as admission:
+            preparing = [self.pool.submit(one, i) for i in range(count)]
             inference: list[Future[np.ndarray]] = []
             try:
-                await self._all_done(decoding)
-                inference = batcher.submit(self._tensors(decoding), deadline, admission)
-                vectors = np.stack(await self._collect(inference, deadline))
+                await self._all_done(preparing)
+                inference = batcher.submit(self._prepared(preparing, modality), deadline, admission)
+                return np.stack(await self._collect(inference, deadline))
             finally:
                 # However the request ends (answered, deadline, caller gone), nothing of it is left
                 # to run: no-op for finished work, frees the queue slots of the rest.
                 cancelled.set()
-                for future in (*decoding, *inference):
+                for future in (*preparing, *inference):
                     future.cancel()
-        return self._post(entry, vectors, options)
 
     @staticmethod
     async def _all_done(futures: list[Future[np.ndarray]]) -> None:
@@ -180,7 +240,7 @@ class Engine:
                 if wrapped.done() and not wrapped.cancelled():
                     wrapped.exception()
 
-    def _check_request(self, sources: list[ImageSource], options: EmbedOptions) -> None:
+    def _check_images(self, sources: list[ImageSource], options: EmbedOptions) -> None:
         if not sources:
             raise InvalidRequest("request has no images")
         if len(sources) > self.settings.max_images_per_request:
@@ -190,45 +250,39 @@ class Engine:
         if (options.aggregate_only or options.normalize_aggregate) and not options.aggregate_mean:
             raise InvalidRequest("aggregate_only and normalize_aggregate need aggregate=AGGREGATION_MEAN")
 
-    def _start_preprocess(
-        self, name: str, sources: list[ImageSource], deadline: float | None, cancelled: threading.Event
-    ) -> list[Future[np.ndarray]]:
-        preprocessor = self._preprocessors[name]
+    def _check_texts(self, entry: ModelEntry, texts: list[str]) -> None:
+        if entry.spec.text is None:
+            raise InvalidRequest(f"model {entry.name!r} has no text tower: it embeds images only")
+        if not texts:
+            raise InvalidRequest("request has no texts")
+        limit = self.settings.max_texts_per_request
+        if len(texts) > limit:
+            raise LimitExceeded(f"{len(texts)} texts exceeds max_texts_per_request={limit}")
+        chars = self.settings.max_text_chars
+        over: list[InvalidRequest] = [
+            LimitExceeded(f"text {i}: {len(text)} characters exceeds max_text_chars={chars}")
+            for i, text in enumerate(texts)
+            if len(text) > chars
+        ]
+        if over:
+            raise over[0] if len(over) == 1 else RejectedItems(over, "texts")
 
-        def check() -> None:
-            if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                raise DeadlineExpired(
-                    "deadline passed or call cancelled before decoding"
-                )  # no work for the dead
-
-        def one(index: int) -> np.ndarray:
-            check()
-            try:
-                data = self.reader.read(sources[index], index)
-                with self.turns.decode():
-                    check()  # again: the turn may have come after a whole batch's run
-                    return preprocessor(decode(data, self.limits))
-            except InvalidImage as exc:
-                raise exc.at(index) from None
-
-        return [self.pool.submit(one, i) for i in range(len(sources))]
-
-    def _tensors(self, decoded: list[Future[np.ndarray]]) -> list[np.ndarray]:
-        """The finished decoding futures' tensors, or one error for the request."""
-        bad = [e for f in decoded if (e := f.exception()) is not None]
+    def _prepared(self, futures: list[Future[Any]], modality: str) -> list[Any]:
+        """The finished preparation futures' items, or one error for the request."""
+        bad = [e for f in futures if (e := f.exception()) is not None]
         if bad:
-            raise self._combined(bad)
-        return [f.result() for f in decoded]
+            raise self._combined(bad, f"{modality}s")
+        return [f.result() for f in futures]
 
     @staticmethod
-    def _combined(errors: list[BaseException]) -> BaseException:
+    def _combined(errors: list[BaseException], items: str) -> BaseException:
         """One error for the request: a server fault outranks the rest (a deadline, a shutdown),
         and those outrank bad input; several bad images are refused together, each with its reason."""
         others = [e for e in errors if not isinstance(e, InvalidRequest)]
         if others:
             return min(others, key=lambda e: isinstance(e, EmbedderError))
         refused = [e for e in errors if isinstance(e, InvalidRequest)]
-        return refused[0] if len(refused) == 1 else RejectedImages(refused)
+        return refused[0] if len(refused) == 1 else RejectedItems(refused, items)
 
     @staticmethod
     async def _collect(futures: list[Future[np.ndarray]], deadline: float | None) -> list[np.ndarray]:
@@ -259,3 +313,9 @@ class Engine:
             batcher.close()
         self.pool.shutdown(wait=True)
         self.trimmer.close()
+
+
+def _run_texts(loaded: Loaded, rows: list[np.ndarray]) -> np.ndarray:
+    assert loaded.tokenizer is not None
+    ids, mask = collate(rows, loaded.tokenizer.spec.pad_id)
+    return run_text(loaded.session, ids, mask)

@@ -47,23 +47,23 @@ class LimitExceeded(InvalidRequest):
     """A request over a configured limit; the message names the limit and its value."""
 
 
-class RejectedImages(InvalidRequest):
-    """Several images of one request refused at once; each keeps its own reason and kind."""
+class RejectedItems(InvalidRequest):
+    """Several images (or texts) of one request refused at once; each keeps its reason and kind."""
 
     MAX_LISTED = 5
 
-    def __init__(self, errors: list[InvalidRequest]) -> None:
+    def __init__(self, errors: list[InvalidRequest], items: str = "images") -> None:
         self.errors = errors
         shown = "; ".join(e.message for e in errors[: self.MAX_LISTED])
         more = len(errors) - self.MAX_LISTED
         super().__init__(
-            f"{len(errors)} images rejected: {shown}" + (f" (and {more} more)" if more > 0 else "")
+            f"{len(errors)} {items} rejected: {shown}" + (f" (and {more} more)" if more > 0 else "")
         )
 
 
 def image_kinds(error: EmbedderError | None) -> list[str]:
     """The kind of every image an error refuses, for the decode-failure metric."""
-    errors = error.errors if isinstance(error, RejectedImages) else [error]
+    errors = error.errors if isinstance(error, RejectedItems) else [error]
     return [e.kind for e in errors if isinstance(e, InvalidImage)]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from .errors import ModelNotFound, shown
 from .spec import SPEC_FILE, ModelSpec, SpecError, load_spec
 
+IMAGE, TEXT = "image", "text"  # a model's graphs: every model has an image tower, CLIP a text one
+
 
 @dataclass(frozen=True)
 class ModelEntry:
@@ -27,14 +29,27 @@ class ModelEntry:
     def onnx_path(self) -> Path:
         return self.directory / self.spec.onnx_file
 
-    def unavailable_reason(self) -> str | None:
-        """Why this model cannot be loaded at all, seen without reading the graph."""
+    def graph_path(self, modality: str) -> Path:
+        if modality == TEXT and self.spec.text is not None:
+            return self.directory / self.spec.text.onnx_file
+        return self.onnx_path
+
+    def graph_sha256(self, modality: str) -> str | None:
+        return self.spec.text.onnx_sha256 if modality == TEXT and self.spec.text else self.spec.onnx_sha256
+
+    def unavailable_reason(self, modality: str = IMAGE) -> str | None:
+        """Why this graph cannot be loaded at all, seen without reading it."""
+        if modality == TEXT and self.spec.text is None:
+            return f"model {self.name!r} has no text tower"
         if self.spec.onnx_sha256 is None:
             return (
                 f"not exported yet: run `python -m export {self.spec.family} SOURCE --out {self.directory}`"
             )
-        if not self.onnx_path.is_file():
-            return f"graph file missing: {self.onnx_path}"
+        if not self.graph_path(modality).is_file():
+            return f"graph file missing: {self.graph_path(modality)}"
+        text = self.spec.text
+        if modality == TEXT and text is not None and not (self.directory / text.tokenizer_file).is_file():
+            return f"tokenizer file missing: {self.directory / text.tokenizer_file}"
         return None
 
 

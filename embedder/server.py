@@ -25,9 +25,9 @@ from .auth import TokenAuthInterceptor
 from .cpus import plan_threads
 from .engine import Engine
 from .errors import EmbedderError
-from .repository import Repository
+from .repository import IMAGE, Repository
 from .service import SERVICE_NAME, EmbedderService
-from .sessions import ModelState, SessionCache
+from .sessions import ModelState, SessionCache, describe
 from .settings import Settings
 from .telemetry import Telemetry
 from .wire import channel_options
@@ -38,6 +38,11 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 T = TypeVar("T")
 PENDING_SOFT_LIMIT = 5000
 STOP_GRACE_S = 1.0  # after the handlers are done: for refusals being written and streams ending
+
+
+def health_name(name: str, modality: str) -> str:
+    """A graph's grpc.health.v1 service: the model's name for its image tower, NAME/text for text."""
+    return name if modality == IMAGE else f"{name}/{modality}"
 
 
 class HealthServicer(health.aio.HealthServicer):
@@ -78,10 +83,11 @@ class EmbedderServer:
         self.telemetry = Telemetry()
         self.metrics_port: int | None = None
         self.health = HealthServicer()
-        self._health: dict[str, int] = {s: _NOT_SERVING for s in ("", SERVICE_NAME, *self.repository.entries)}
         self.cache = SessionCache(
             self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
         )
+        graphs = [health_name(*graph) for graph in self.cache.graphs()]
+        self._health: dict[str, int] = {s: _NOT_SERVING for s in ("", SERVICE_NAME, *graphs)}
         self.engine = Engine(
             settings,
             self.repository,
@@ -226,22 +232,25 @@ class EmbedderServer:
         self._loop.close()
 
     def _preload(self) -> None:
-        for name in self.repository.entries:
-            if self.cache.status(name)[0] is ModelState.UNAVAILABLE:
-                log.warning("model %s not preloaded: %s", name, self.cache.status(name)[1])
+        for name, modality in self.cache.graphs():
+            state, error, _ = self.cache.status(name, modality)
+            if state is ModelState.UNAVAILABLE:
+                log.warning("model %s not preloaded: %s", describe((name, modality)), error)
                 continue
             try:
-                self.cache.get(name)
+                self.cache.get(name, modality)
             except EmbedderError as exc:
-                log.error("model %s failed to preload: %s", name, exc.message)
+                log.error("model %s failed to preload: %s", describe((name, modality)), exc.message)
 
-    def _model_state(self, name: str, state: ModelState, load_seconds: float) -> None:
-        self._set_health(name, _SERVING if state is ModelState.SERVING else _NOT_SERVING)
+    def _model_state(self, name: str, modality: str, state: ModelState, load_seconds: float) -> None:
+        self._set_health(
+            health_name(name, modality), _SERVING if state is ModelState.SERVING else _NOT_SERVING
+        )
         if state is ModelState.SERVING:
-            self.telemetry.loads.labels(name).inc()
-            self.telemetry.load_seconds.labels(name).set(load_seconds)
+            self.telemetry.loads.labels(name, modality).inc()
+            self.telemetry.load_seconds.labels(name, modality).set(load_seconds)
         elif state is ModelState.AVAILABLE:  # only ever reached by eviction
-            self.telemetry.evictions.labels(name).inc()
+            self.telemetry.evictions.labels(name, modality).inc()
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING everywhere, refuse new calls, wait for in-flight ones up to `grace` seconds.

@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from .engine import EmbedOptions, EmbedResult, Engine
 from .errors import EmbedderError, InvalidRequest, image_kinds
-from .repository import ModelEntry
+from .repository import IMAGE, TEXT, ModelEntry
 from .sessions import ModelState
 from .sources import ImageSource
 from .telemetry import Telemetry
@@ -84,6 +84,10 @@ def model_info(entry: ModelEntry) -> pb.ModelInfo:
         parity_verified=spec.verified,
         source=provenance.source if provenance else "",
         quantization=(provenance.quantization or "") if provenance else "",
+        modalities=list(spec.modalities),
+        text_onnx_sha256=spec.text.onnx_sha256 if spec.text else "",
+        tokenizer_sha256=spec.text.tokenizer_sha256 if spec.text else "",
+        text_parity_verified=spec.text.verified if spec.text else False,
     )
 
 
@@ -112,12 +116,17 @@ def _options(request: pb.EmbedRequest) -> EmbedOptions:
 
 @dataclass
 class CallRecord:
-    """What the access log and metrics say of one Embed call."""
+    """What the access log and metrics say of one Embed or EmbedText call."""
 
     request_id: str
+    modality: str
     # The resolved name, never the caller's string: a caller-chosen label would grow the metric set.
     model: str = "unknown"
-    images: int = 0
+    items: int = 0
+
+    def resolved(self, entry: ModelEntry) -> ModelEntry:
+        self.model = entry.name
+        return entry
 
 
 @dataclass
@@ -234,6 +243,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
             "Embed": grpc.unary_unary_rpc_method_handler(
                 self.Embed, lenient(pb.EmbedRequest), pb.EmbedResponse.SerializeToString
             ),
+            "EmbedText": grpc.unary_unary_rpc_method_handler(
+                self.EmbedText, lenient(pb.EmbedTextRequest), pb.EmbedResponse.SerializeToString
+            ),
             "ListModels": grpc.unary_unary_rpc_method_handler(
                 self.ListModels, lenient(pb.ListModelsRequest), pb.ListModelsResponse.SerializeToString
             ),
@@ -244,28 +256,49 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     async def Embed(
         self, request: pb.EmbedRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.EmbedResponse:
+        async with self._call(context, IMAGE) as call:
+            if isinstance(request, Malformed):
+                raise request.refuse()
+            call.items = len(request.images)
+            entry = call.resolved(self.engine.repository.resolve(request.model))
+            result = await self.engine.embed(
+                entry, _sources(request), _options(request), call_deadline(context)
+            )
+            return self._response(result)
+        raise AssertionError("unreachable: abort raises")
+
+    async def EmbedText(
+        self, request: pb.EmbedTextRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.EmbedResponse:
+        async with self._call(context, TEXT) as call:
+            if isinstance(request, Malformed):
+                raise request.refuse()
+            call.items = len(request.texts)
+            entry = call.resolved(self.engine.repository.resolve(request.model))
+            texts = list(request.texts)
+            result = await self.engine.embed_text(entry, texts, request.normalize, call_deadline(context))
+            return self._response(result)
+        raise AssertionError("unreachable: abort raises")
+
+    @asynccontextmanager
+    async def _call(
+        self, context: grpc.aio.ServicerContext[Any, Any], modality: str
+    ) -> AsyncIterator[CallRecord]:
+        """An embedding call: tracked for shutdown, errors translated, recorded once it ends."""
         started = time.perf_counter()
-        call = CallRecord(request_id(context))
+        call = CallRecord(request_id(context), modality)
 
         def ended(outcome: Outcome) -> None:
-            self._record(call, outcome, time.perf_counter() - started)
+            for kind in image_kinds(outcome.error):
+                self.telemetry.decode_failed(kind)
+            seconds = time.perf_counter() - started
+            self.telemetry.request_done(
+                call.model, modality, call.items, outcome.code.name, seconds, call.request_id
+            )
 
         with self._tracked():
             async with translated_errors(context, call.request_id, ended):
-                if isinstance(request, Malformed):
-                    raise request.refuse()
-                call.images = len(request.images)
-                entry = self.engine.repository.resolve(request.model)
-                call.model = entry.name
-                deadline = call_deadline(context)
-                result = await self.engine.embed(entry, _sources(request), _options(request), deadline)
-                return self._response(result)
-        raise AssertionError("unreachable: abort raises")
-
-    def _record(self, call: CallRecord, outcome: Outcome, seconds: float) -> None:
-        for kind in image_kinds(outcome.error):
-            self.telemetry.decode_failed(kind)
-        self.telemetry.request_done(call.model, call.images, outcome.code.name, seconds, call.request_id)
+                yield call
 
     def _response(self, result: EmbedResult) -> pb.EmbedResponse:
         response = pb.EmbedResponse(
@@ -286,20 +319,27 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         raise AssertionError("unreachable: abort raises")
 
     def _statuses(self) -> list[pb.ModelStatus]:
-        cache = self.engine.cache
-        resident = set(cache.resident())
         statuses = []
         for name, entry in sorted(self.engine.repository.entries.items()):
-            state, error, load_seconds = cache.status(name)
-            size = entry.onnx_path.stat().st_size if entry.onnx_path.is_file() else 0
-            statuses.append(
-                pb.ModelStatus(
-                    info=self._infos[name],
-                    state=_STATES[state],
-                    loaded=name in resident,
-                    error=error,
-                    load_seconds=load_seconds,
-                    onnx_bytes=size,
-                )
-            )
+            status = pb.ModelStatus(info=self._infos[name])
+            for modality in entry.spec.modalities:
+                graph = self._graph_status(entry, modality)
+                if modality == TEXT:
+                    status.text.CopyFrom(graph)
+                else:
+                    status.state, status.loaded, status.error = graph.state, graph.loaded, graph.error
+                    status.load_seconds, status.onnx_bytes = graph.load_seconds, graph.onnx_bytes
+            statuses.append(status)
         return statuses
+
+    def _graph_status(self, entry: ModelEntry, modality: str) -> pb.GraphStatus:
+        cache = self.engine.cache
+        state, error, load_seconds = cache.status(entry.name, modality)
+        path = entry.graph_path(modality)
+        return pb.GraphStatus(
+            state=_STATES[state],
+            loaded=(entry.name, modality) in cache.resident(),
+            error=error,
+            load_seconds=load_seconds,
+            onnx_bytes=path.stat().st_size if path.is_file() else 0,
+        )

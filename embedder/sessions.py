@@ -1,8 +1,10 @@
-"""One ONNX Runtime session per model, loaded once, warmed up, evicted by LRU or idle time.
+"""ONNX Runtime sessions, one per graph of a model (its image tower; CLIP's text tower too),
+loaded once, warmed up, evicted by LRU or idle time.
 
-Loading happens under the model's own lock, so many first requests racing for a cold model cause
-exactly one load while other models keep serving. Sessions run concurrently with no
-lock; eviction only drops the cache's reference, so a batch already running keeps its session.
+A graph loads under its own lock, so many first requests racing for a cold graph cause exactly
+one load while other graphs keep serving. Sessions run concurrently with no lock; eviction only
+drops the cache's reference, so a batch already running keeps its session. A text graph loads
+with its tokenizer; each file's sha256 is checked against model.json first.
 """
 
 from __future__ import annotations
@@ -14,17 +16,21 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelUnavailable
 from .memory import release_free_memory
-from .repository import ModelEntry, Repository
-from .runtime import open_session, run
+from .repository import IMAGE, TEXT, ModelEntry, Repository
+from .runtime import open_session, run, run_text
 from .spec import file_sha256
+from .text import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+Graph = tuple[str, str]  # (model name, modality)
 
 
 class ModelState(enum.Enum):
@@ -41,13 +47,26 @@ class _Status:
     load_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """A graph ready to run: its session, and for a text graph the tokenizer."""
+
+    session: ort.InferenceSession
+    tokenizer: TextTokenizer | None = None
+
+
 @dataclass
 class _Resident:
-    session: ort.InferenceSession
+    loaded: Loaded
     last_used: float = field(default_factory=time.monotonic)
 
 
-StateListener = Callable[[str, ModelState, float], None]  # name, new state, load seconds
+StateListener = Callable[[str, str, ModelState, float], None]  # name, modality, new state, load seconds
+
+
+def describe(graph: Graph) -> str:
+    name, modality = graph
+    return name if modality == IMAGE else f"{name} ({modality})"
 
 
 class SessionCache:
@@ -63,127 +82,145 @@ class SessionCache:
         self.intra_op_threads = intra_op_threads
         self.max_loaded = max_loaded
         self.idle_ttl_s = idle_ttl_s
-        self._listener = listener or (lambda name, state, seconds: None)
+        self._listener = listener or (lambda name, modality, state, seconds: None)
         self._lock = threading.Lock()
-        self._model_locks = {name: threading.Lock() for name in repository.entries}
-        self._resident: OrderedDict[str, _Resident] = OrderedDict()
-        self._status = {name: self._initial_status(entry) for name, entry in repository.entries.items()}
+        graphs = [(e.name, m) for e in repository.entries.values() for m in e.spec.modalities]
+        self._graph_locks = {graph: threading.Lock() for graph in graphs}
+        self._resident: OrderedDict[Graph, _Resident] = OrderedDict()
+        self._status = {graph: self._initial_status(graph) for graph in graphs}
         self._stop = threading.Event()
         self._reaper: threading.Thread | None = None
 
-    @staticmethod
-    def _initial_status(entry: ModelEntry) -> _Status:
-        reason = entry.unavailable_reason()
+    def _initial_status(self, graph: Graph) -> _Status:
+        reason = self.repository.entries[graph[0]].unavailable_reason(graph[1])
         return _Status(ModelState.UNAVAILABLE, reason) if reason else _Status(ModelState.AVAILABLE)
 
-    def status(self, name: str) -> tuple[ModelState, str, float]:
-        status = self._status[name]
+    def graphs(self) -> list[Graph]:
+        return list(self._status)
+
+    def status(self, name: str, modality: str = IMAGE) -> tuple[ModelState, str, float]:
+        status = self._status[(name, modality)]
         return status.state, status.error, status.load_seconds
 
-    def resident(self) -> list[str]:
+    def resident(self) -> list[Graph]:
         with self._lock:
             return list(self._resident)
 
-    def get(self, name: str) -> ort.InferenceSession:
-        """The model's session, loading it first if needed (once, however many callers race)."""
-        session = self.cached(name)
-        if session is not None:
-            return session
-        with self._model_locks[name]:
-            session = self.cached(name)
-            if session is None:
-                session = self._load(self.repository.entries[name])
-        return session
+    def get(self, name: str, modality: str = IMAGE) -> Loaded:
+        """The graph ready to run, loading it first if needed (once, however many callers race)."""
+        loaded = self.cached(name, modality)
+        if loaded is not None:
+            return loaded
+        graph = (name, modality)
+        if graph not in self._graph_locks:
+            raise ModelUnavailable(
+                self.repository.entries[name].unavailable_reason(modality) or "no such graph"
+            )
+        with self._graph_locks[graph]:
+            loaded = self.cached(name, modality)
+            if loaded is None:
+                loaded = self._load(self.repository.entries[name], modality)
+        return loaded
 
-    def cached(self, name: str) -> ort.InferenceSession | None:
-        """The model's session if it is resident (marking it used), else None; never loads."""
+    def cached(self, name: str, modality: str = IMAGE) -> Loaded | None:
+        """The graph if it is resident (marking it used), else None; never loads."""
         with self._lock:
-            resident = self._resident.get(name)
+            resident = self._resident.get((name, modality))
             if resident is None:
                 return None
             resident.last_used = time.monotonic()
-            self._resident.move_to_end(name)
-            return resident.session
+            self._resident.move_to_end((name, modality))
+            return resident.loaded
 
-    def _load(self, entry: ModelEntry) -> ort.InferenceSession:
-        self._set(entry.name, _Status(ModelState.LOADING))
+    def _load(self, entry: ModelEntry, modality: str) -> Loaded:
+        graph = (entry.name, modality)
+        self._set(graph, _Status(ModelState.LOADING))
         started = time.perf_counter()
         try:
-            session = self._open_checked(entry)
+            loaded = self._open_checked(entry, modality)
         except ModelUnavailable as exc:
-            self._set(entry.name, _Status(ModelState.UNAVAILABLE, exc.message))
+            self._set(graph, _Status(ModelState.UNAVAILABLE, exc.message))
             raise
         except Exception as exc:  # ORT's own errors for a corrupt graph, out of memory, ...
-            log.exception("model %s failed to load", entry.name)
-            message = f"model {entry.name!r} failed to load: {type(exc).__name__}: {exc}"
-            self._set(entry.name, _Status(ModelState.UNAVAILABLE, message))
+            log.exception("model %s failed to load", describe(graph))
+            message = f"model {entry.name!r} failed to load its {modality} graph: {type(exc).__name__}: {exc}"
+            self._set(graph, _Status(ModelState.UNAVAILABLE, message))
             raise ModelUnavailable(message) from exc
         seconds = time.perf_counter() - started
         release_free_memory()  # the graph file's transient copy, freed once the session holds its weights
         with self._lock:
-            self._resident[entry.name] = _Resident(session)
-        self._set(entry.name, _Status(ModelState.SERVING, load_seconds=seconds))
+            self._resident[graph] = _Resident(loaded)
+        self._set(graph, _Status(ModelState.SERVING, load_seconds=seconds))
         log.info(
             "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s)",
-            entry.name,
+            describe(graph),
             seconds,
             entry.spec.weights_kind.upper(),
             self.intra_op_threads,
-            (entry.spec.onnx_sha256 or "")[:12],
+            (entry.graph_sha256(modality) or "")[:12],
         )
         if entry.spec.weights_kind == "random-init":
             log.warning(
-                "model %s has RANDOM-INIT weights, NOT PRETRAINED: its vectors are meaningless", entry.name
+                "model %s has RANDOM-INIT weights, NOT PRETRAINED: its vectors are meaningless",
+                describe(graph),
             )
         self._evict_over_capacity()
-        return session
+        return loaded
 
-    def _open_checked(self, entry: ModelEntry) -> ort.InferenceSession:
-        reason = entry.unavailable_reason()
+    def _open_checked(self, entry: ModelEntry, modality: str) -> Loaded:
+        reason = entry.unavailable_reason(modality)
         if reason:
             raise ModelUnavailable(f"model {entry.name!r}: {reason}")
-        actual = file_sha256(entry.onnx_path)
-        if actual != entry.spec.onnx_sha256:
-            raise ModelUnavailable(
-                f"model {entry.name!r}: {entry.onnx_path.name} sha256 {actual[:16]}... does not match "
-                f"model.json ({entry.spec.onnx_sha256}); refusing to serve it"
-            )
-        session = open_session(entry.onnx_path, self.intra_op_threads)
-        height, width = entry.spec.preprocessing.input_size()
-        warm = run(session, np.zeros((1, 3, height, width), dtype=np.float32))  # also checks the contract
+        _check_sha256(entry, entry.graph_path(modality), entry.graph_sha256(modality))
+        session = open_session(entry.graph_path(modality), self.intra_op_threads)
+        tokenizer = None
+        if modality == TEXT:
+            text = entry.spec.text
+            assert text is not None  # unavailable_reason says so otherwise
+            _check_sha256(entry, entry.directory / text.tokenizer_file, text.tokenizer_sha256)
+            try:
+                tokenizer = TextTokenizer.load(entry.directory / text.tokenizer_file, text)
+            except (ValueError, OSError) as exc:  # ValueError: also what tokenizers raises on a bad file
+                raise ModelUnavailable(f"model {entry.name!r}: tokenizer refused: {exc}") from None
+            ids = np.array([[text.start_of_text_id, text.end_of_text_id]], dtype=np.int64)
+            warm = run_text(session, ids, np.ones_like(ids))  # also checks the contract
+        else:
+            height, width = entry.spec.preprocessing.input_size()
+            warm = run(session, np.zeros((1, 3, height, width), dtype=np.float32))  # also checks the contract
         if warm.shape != (1, entry.spec.embedding_dim):
             raise ModelUnavailable(
-                f"model {entry.name!r}: graph gives {warm.shape[1:]} vectors, model.json says {entry.spec.embedding_dim}"
+                f"model {entry.name!r}: its {modality} graph gives {warm.shape[1:]} vectors, "
+                f"model.json says {entry.spec.embedding_dim}"
             )
-        return session
+        return Loaded(session, tokenizer)
 
     def _evict_over_capacity(self) -> None:
         with self._lock:
             victims = []
             while len(self._resident) > self.max_loaded:
                 victims.append(self._resident.popitem(last=False)[0])
-        for name in victims:
-            self._evicted(name, "least recently used")
+        for graph in victims:
+            self._evicted(graph, "least recently used")
 
-    def evict_idle(self) -> list[str]:
+    def evict_idle(self) -> list[Graph]:
         if self.idle_ttl_s <= 0:
             return []
         cutoff = time.monotonic() - self.idle_ttl_s
         with self._lock:
-            victims = [name for name, r in self._resident.items() if r.last_used < cutoff]
-            for name in victims:
-                del self._resident[name]
-        for name in victims:
-            self._evicted(name, f"idle over {self.idle_ttl_s:g} s")
+            victims = [graph for graph, r in self._resident.items() if r.last_used < cutoff]
+            for graph in victims:
+                del self._resident[graph]
+        for graph in victims:
+            self._evicted(graph, f"idle over {self.idle_ttl_s:g} s")
         return victims
 
-    def _evicted(self, name: str, why: str) -> None:
-        self._set(name, _Status(ModelState.AVAILABLE))
-        log.info("model %s evicted (%s)", name, why)
+    def _evicted(self, graph: Graph, why: str) -> None:
+        self._set(graph, _Status(ModelState.AVAILABLE))
+        log.info("model %s evicted (%s)", describe(graph), why)
 
-    def _set(self, name: str, status: _Status) -> None:
-        self._status[name] = status
-        self._listener(name, status.state, status.load_seconds)
+    def _set(self, graph: Graph, status: _Status) -> None:
+        self._status[graph] = status
+        self._listener(graph[0], graph[1], status.state, status.load_seconds)
 
     def start_reaper(self) -> None:
         if self.idle_ttl_s <= 0 or self._reaper is not None:
@@ -201,3 +238,12 @@ class SessionCache:
         self._stop.set()
         with self._lock:
             self._resident.clear()
+
+
+def _check_sha256(entry: ModelEntry, path: Path, expected: str | None) -> None:
+    actual = file_sha256(path)
+    if actual != expected:
+        raise ModelUnavailable(
+            f"model {entry.name!r}: {path.name} sha256 {actual[:16]}... does not match "
+            f"model.json ({expected}); refusing to serve it"
+        )

@@ -37,6 +37,18 @@ class Settings(BaseModel):
         ge=1,
         description="images admitted per model (decoding, queued or running); beyond: RESOURCE_EXHAUSTED",
     )
+    max_text_batch_size: int = Field(32, ge=1, le=1024, description="texts per session.run of a text graph")
+    max_queue_texts: int = Field(
+        1024,
+        ge=1,
+        description="texts admitted per model (tokenizing, queued or running); beyond: RESOURCE_EXHAUSTED",
+    )
+    max_texts_per_request: int = Field(256, ge=1, description="texts in one EmbedText request")
+    max_text_chars: int = Field(
+        4096,
+        ge=1,
+        description="characters of one text, checked before tokenizing (tokens past 77 are cut anyway)",
+    )
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES, ge=MiB, description="largest gRPC message, either direction"
     )

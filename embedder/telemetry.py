@@ -20,33 +20,46 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
 class Telemetry:
+    """Per-model series carry a `modality` label: "image" (Embed) or "text" (EmbedText)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        per_graph = ["model", "modality"]
         self.requests = Counter(
-            "embedder_requests", "Embed calls by model and gRPC status", ["model", "code"], registry=r
+            "embedder_requests",
+            "Embed and EmbedText calls by model and gRPC status",
+            [*per_graph, "code"],
+            registry=r,
         )
         self.images = Counter(
             "embedder_images", "Images in Embed calls by model and status", ["model", "code"], registry=r
         )
+        self.texts = Counter(
+            "embedder_texts", "Texts in EmbedText calls by model and status", ["model", "code"], registry=r
+        )
         self.latency = Histogram(
-            "embedder_request_seconds", "Embed latency", ["model"], buckets=LATENCY_BUCKETS, registry=r
+            "embedder_request_seconds",
+            "Latency of answered calls",
+            per_graph,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_size = Histogram(
-            "embedder_batch_size", "Images per session.run", ["model"], buckets=BATCH_BUCKETS, registry=r
+            "embedder_batch_size", "Items per session.run", per_graph, buckets=BATCH_BUCKETS, registry=r
         )
         self.batch_seconds = Histogram(
-            "embedder_batch_seconds", "session.run time", ["model"], buckets=LATENCY_BUCKETS, registry=r
+            "embedder_batch_seconds", "session.run time", per_graph, buckets=LATENCY_BUCKETS, registry=r
         )
         self.decode_failures = Counter(
             "embedder_decode_failures", "Rejected images by reason", ["reason"], registry=r
         )
         self.load_seconds = Gauge(
-            "embedder_model_load_seconds", "Last load + warm-up time", ["model"], registry=r
+            "embedder_model_load_seconds", "Last load + warm-up time", per_graph, registry=r
         )
-        self.loads = Counter("embedder_model_loads", "Session loads", ["model"], registry=r)
+        self.loads = Counter("embedder_model_loads", "Session loads", per_graph, registry=r)
         self.evictions = Counter(
-            "embedder_evictions", "Sessions evicted (LRU or idle)", ["model"], registry=r
+            "embedder_evictions", "Sessions evicted (LRU or idle)", per_graph, registry=r
         )
         self.resident = Gauge("embedder_models_resident", "Sessions resident", registry=r)
 
@@ -57,50 +70,58 @@ class Telemetry:
         server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
         return int(server.server_port)
 
-    def track(self, queue_depths: Callable[[], dict[str, int]], resident: Callable[[], int]) -> None:
+    def track(
+        self, queue_depths: Callable[[], dict[tuple[str, str], int]], resident: Callable[[], int]
+    ) -> None:
         """Queue depth and residency are read at scrape time, never pushed from the hot path."""
         self.registry.register(_QueueDepth(queue_depths))
         self.resident.set_function(resident)
 
-    def request_done(self, model: str, images: int, code: str, seconds: float, request_id: str) -> None:
-        self.requests.labels(model, code).inc()
-        self.images.labels(model, code).inc(images)
+    def request_done(
+        self, model: str, modality: str, items: int, code: str, seconds: float, request_id: str
+    ) -> None:
+        self.requests.labels(model, modality, code).inc()
+        (self.texts if modality == "text" else self.images).labels(model, code).inc(items)
         if code == "OK":
-            self.latency.labels(model).observe(seconds)
+            self.latency.labels(model, modality).observe(seconds)
+        method, noun = ("EmbedText", "texts") if modality == "text" else ("Embed", "images")
         access_log.info(
-            "Embed model=%s images=%d status=%s %.1f ms id=%s",
+            "%s model=%s %s=%d status=%s %.1f ms id=%s",
+            method,
             model,
-            images,
+            noun,
+            items,
             code,
             seconds * 1000,
             request_id,
             extra={
+                "method": method,
                 "model": model,
-                "images": images,
+                noun: items,
                 "status": code,
                 "ms": round(seconds * 1000, 2),
                 "request_id": request_id,
             },
         )
 
-    def batch_done(self, model: str, size: int, seconds: float) -> None:
-        self.batch_size.labels(model).observe(size)
-        self.batch_seconds.labels(model).observe(seconds)
+    def batch_done(self, model: str, modality: str, size: int, seconds: float) -> None:
+        self.batch_size.labels(model, modality).observe(size)
+        self.batch_seconds.labels(model, modality).observe(seconds)
 
     def decode_failed(self, reason: str) -> None:
         self.decode_failures.labels(reason).inc()
 
 
 class _QueueDepth(Collector):
-    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, depths: Callable[[], dict[tuple[str, str], int]]) -> None:
         self._depths = depths
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(
             "embedder_queue_depth",
-            "Images admitted and not yet answered: decoding, queued or running",
-            labels=["model"],
+            "Items admitted and not yet answered: being decoded or tokenized, queued or running",
+            labels=["model", "modality"],
         )
-        for model, depth in self._depths().items():
-            family.add_metric([model], depth)
+        for (model, modality), depth in self._depths().items():
+            family.add_metric([model, modality], depth)
         yield family

@@ -51,6 +51,16 @@ class EmbedRequest(_message.Message):
     aggregate_only: bool
     def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., normalize: _Optional[bool] = ..., aggregate: _Optional[_Union[Aggregation, str]] = ..., normalize_aggregate: _Optional[bool] = ..., aggregate_only: _Optional[bool] = ...) -> None: ...
 
+class EmbedTextRequest(_message.Message):
+    __slots__ = ("model", "texts", "normalize")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    normalize: bool
+    def __init__(self, model: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+
 class Embedding(_message.Message):
     __slots__ = ("values",)
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -58,7 +68,7 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "aliases", "family", "pooling", "dim", "onnx_sha256", "preprocessing_sha256", "weights", "parity_verified", "source", "quantization")
+    __slots__ = ("name", "aliases", "family", "pooling", "dim", "onnx_sha256", "preprocessing_sha256", "weights", "parity_verified", "source", "quantization", "modalities", "text_onnx_sha256", "tokenizer_sha256", "text_parity_verified")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -70,6 +80,10 @@ class ModelInfo(_message.Message):
     PARITY_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    MODALITIES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TEXT_PARITY_VERIFIED_FIELD_NUMBER: _ClassVar[int]
     name: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     family: str
@@ -81,7 +95,11 @@ class ModelInfo(_message.Message):
     parity_verified: bool
     source: str
     quantization: str
-    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., pooling: _Optional[str] = ..., dim: _Optional[int] = ..., onnx_sha256: _Optional[str] = ..., preprocessing_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., parity_verified: _Optional[bool] = ..., source: _Optional[str] = ..., quantization: _Optional[str] = ...) -> None: ...
+    modalities: _containers.RepeatedScalarFieldContainer[str]
+    text_onnx_sha256: str
+    tokenizer_sha256: str
+    text_parity_verified: bool
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., pooling: _Optional[str] = ..., dim: _Optional[int] = ..., onnx_sha256: _Optional[str] = ..., preprocessing_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., parity_verified: _Optional[bool] = ..., source: _Optional[str] = ..., quantization: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., text_onnx_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., text_parity_verified: _Optional[bool] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "aggregate", "model")
@@ -98,20 +116,36 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("info", "state", "loaded", "error", "load_seconds", "onnx_bytes")
+    __slots__ = ("info", "state", "loaded", "error", "load_seconds", "onnx_bytes", "text")
     INFO_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ONNX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
     info: ModelInfo
     state: ModelState
     loaded: bool
     error: str
     load_seconds: float
     onnx_bytes: int
-    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ...) -> None: ...
+    text: GraphStatus
+    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ..., text: _Optional[_Union[GraphStatus, _Mapping]] = ...) -> None: ...
+
+class GraphStatus(_message.Message):
+    __slots__ = ("state", "loaded", "error", "load_seconds", "onnx_bytes")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ONNX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    state: ModelState
+    loaded: bool
+    error: str
+    load_seconds: float
+    onnx_bytes: int
+    def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

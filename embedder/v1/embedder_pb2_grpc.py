@@ -44,6 +44,11 @@ class EmbedderStub:
                 request_serializer=embedder_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=embedder_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/embedder.v1.Embedder/EmbedText',
+                request_serializer=embedder_dot_v1_dot_embedder__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -70,6 +75,16 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedText(self, request, context):
+        """Embeds every text of the request with a model's text tower (CLIP), into the same space as
+        its images. The statuses are Embed's; INVALID_ARGUMENT also for a model without a text tower
+        (named in the message) and for a request over max_texts_per_request or a text over
+        max_text_chars (the message names the limit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +97,11 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=embedder_dot_v1_dot_embedder__pb2.ListModelsRequest.FromString,
                     response_serializer=embedder_dot_v1_dot_embedder__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=embedder_dot_v1_dot_embedder__pb2.EmbedTextRequest.FromString,
+                    response_serializer=embedder_dot_v1_dot_embedder__pb2.EmbedResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -138,6 +158,33 @@ class Embedder:
             '/embedder.v1.Embedder/ListModels',
             embedder_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
             embedder_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/embedder.v1.Embedder/EmbedText',
+            embedder_dot_v1_dot_embedder__pb2.EmbedTextRequest.SerializeToString,
+            embedder_dot_v1_dot_embedder__pb2.EmbedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,12 @@ class EmbedderStub:
     """
     ListModels: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.ListModelsRequest, _embedder_pb2.ListModelsResponse]
     """Every model of the repository with its metadata and state."""
+    EmbedText: _grpc.UnaryUnaryMultiCallable[_embedder_pb2.EmbedTextRequest, _embedder_pb2.EmbedResponse]
+    """Embeds every text of the request with a model's text tower (CLIP), into the same space as
+    its images. The statuses are Embed's; INVALID_ARGUMENT also for a model without a text tower
+    (named in the message) and for a request over max_texts_per_request or a text over
+    max_text_chars (the message names the limit).
+    """
 
 @_typing.type_check_only
 class EmbedderAsyncStub(EmbedderStub):
@@ -59,6 +65,12 @@ class EmbedderAsyncStub(EmbedderStub):
     """
     ListModels: _aio.UnaryUnaryMultiCallable[_embedder_pb2.ListModelsRequest, _embedder_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Every model of the repository with its metadata and state."""
+    EmbedText: _aio.UnaryUnaryMultiCallable[_embedder_pb2.EmbedTextRequest, _embedder_pb2.EmbedResponse]  # type: ignore[assignment]
+    """Embeds every text of the request with a model's text tower (CLIP), into the same space as
+    its images. The statuses are Embed's; INVALID_ARGUMENT also for a model without a text tower
+    (named in the message) and for a request over max_texts_per_request or a text over
+    max_text_chars (the message names the limit).
+    """
 
 class EmbedderServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -84,5 +96,17 @@ class EmbedderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_embedder_pb2.ListModelsResponse, _abc.Awaitable[_embedder_pb2.ListModelsResponse]]:
         """Every model of the repository with its metadata and state."""
+
+    @_abc_1.abstractmethod
+    def EmbedText(
+        self,
+        request: _embedder_pb2.EmbedTextRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_embedder_pb2.EmbedResponse, _abc.Awaitable[_embedder_pb2.EmbedResponse]]:
+        """Embeds every text of the request with a model's text tower (CLIP), into the same space as
+        its images. The statuses are Embed's; INVALID_ARGUMENT also for a model without a text tower
+        (named in the message) and for a request over max_texts_per_request or a text over
+        max_text_chars (the message names the limit).
+        """
 
 def add_EmbedderServicer_to_server(servicer: EmbedderServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

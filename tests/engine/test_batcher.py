@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -31,9 +32,9 @@ class Recorder:
         return batch.sum(axis=(2, 3))
 
 
-def runner(model: RunBatch) -> Runner:
-    """A model that needs no loading."""
-    return lambda: model
+def runner(model: Callable[[np.ndarray], np.ndarray]) -> Runner:
+    """A model that needs no loading, run on the batch's tensors stacked (as the engine does)."""
+    return lambda: lambda items: model(np.stack(items))
 
 
 def test_rows_come_back_in_order_and_batches_respect_the_maximum() -> None:
@@ -155,7 +156,7 @@ def test_a_model_loading_before_its_batch_does_not_hold_the_cores_turn() -> None
     def slow_load() -> RunBatch:
         loading.set()
         release.wait(10)
-        return Recorder()
+        return runner(Recorder())()
 
     evicted = Batcher("evicted", slow_load, max_batch=8, max_delay_s=0.0, max_queue=100, turns=turns)
     other = Batcher("other", runner(Recorder()), max_batch=8, max_delay_s=0.0, max_queue=100, turns=turns)

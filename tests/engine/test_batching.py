@@ -53,8 +53,10 @@ def server(models_root: Path):
 
 def _batch_stats(server: EmbedderServer, model: str) -> tuple[float, float]:
     registry = server.telemetry.registry
-    count = registry.get_sample_value("embedder_batch_size_count", {"model": model}) or 0.0
-    total = registry.get_sample_value("embedder_batch_size_sum", {"model": model}) or 0.0
+    count = (
+        registry.get_sample_value("embedder_batch_size_count", {"model": model, "modality": "image"}) or 0.0
+    )
+    total = registry.get_sample_value("embedder_batch_size_sum", {"model": model, "modality": "image"}) or 0.0
     return count, total
 
 

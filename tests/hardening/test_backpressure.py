@@ -119,7 +119,7 @@ def test_full_queue_answers_resource_exhausted_and_never_runs_the_refused(bounde
     assert all(f"max_queue_images={MAX_QUEUE}" in text and "retry later" in text for text in details), details
     # Only accepted requests' images reached the model: a refusal costs no inference.
     assert images_run(bounded) - before == codes["OK"] * IMAGES_PER_REQUEST
-    assert wait_until(lambda: bounded.server.engine.queue_depths()[CLIP] == 0, 5.0)
+    assert wait_until(lambda: bounded.server.engine.queue_depths()[(CLIP, "image")] == 0, 5.0)
 
 
 def test_expired_deadline_is_answered_and_never_run(bounded: Served) -> None:
@@ -157,17 +157,19 @@ def test_cancelled_call_frees_its_queue_slots(serve: Serve) -> None:
     served.vectors(small[0], model=CLIP)
     before = images_run(served)
     call = served.stub.Embed.future(image_request(*small), timeout=120.0)
-    assert wait_until(lambda: served.server.engine.queue_depths()[CLIP] > 0, 60.0, step=0.001), "never queued"
+    assert wait_until(lambda: served.server.engine.queue_depths()[(CLIP, "image")] > 0, 60.0, step=0.001), (
+        "never queued"
+    )
     call.cancel()
     assert call.cancelled() or call.code() == grpc.StatusCode.CANCELLED
-    assert wait_until(lambda: served.server.engine.queue_depths()[CLIP] == 0, 5.0)
+    assert wait_until(lambda: served.server.engine.queue_depths()[(CLIP, "image")] == 0, 5.0)
     ran = images_run(served) - before
     print(f"\ncancelled a 250-image call once queued: {ran:.0f} of its images had run, queue back to 0")
     assert ran < len(small), "every image ran: the cancellation freed nothing"
     # The slots are free again: a request needing the whole queue goes through.
     full = served.stub.Embed(image_request(*small[:250]), timeout=120.0)
     assert len(full.embeddings) == 250
-    assert served.server.engine.queue_depths()[CLIP] == 0
+    assert served.server.engine.queue_depths()[(CLIP, "image")] == 0
 
 
 def test_call_without_a_deadline_is_served(serve: Serve, good_jpeg: bytes) -> None:

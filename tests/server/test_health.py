@@ -89,4 +89,4 @@ def test_reflection_lists_the_services(tiny_server: Served) -> None:
     assert {SERVICE, "grpc.health.v1.Health"} <= services
     embed = database.FindFileContainingSymbol(SERVICE)
     assert embed.name == "embedder/v1/embedder.proto"
-    assert [m.name for m in embed.service[0].method] == ["Embed", "ListModels"]
+    assert [m.name for m in embed.service[0].method] == ["Embed", "ListModels", "EmbedText"]

@@ -89,7 +89,7 @@ def test_lru_evicts_and_reloads_with_identical_results(
     first = served.embed(a, [image])
     served.embed(b, [image])
 
-    assert served.server.cache.resident() == [b]
+    assert served.server.cache.resident() == [(b, "image")]
     models = served.models()
     assert (models[a].loaded, models[a].state) == (False, pb.MODEL_STATE_AVAILABLE)
     assert (models[b].loaded, models[b].state) == (True, pb.MODEL_STATE_SERVING)
@@ -115,10 +115,10 @@ def test_idle_model_is_evicted_then_still_serves(
     served = serve(tiny_models, idle_ttl_s=0.5)
     model = name_of(tiny_clip_dir)
     served.embed(model, [image])
-    assert served.server.cache.resident() == [model]
+    assert served.server.cache.resident() == [(model, "image")]
 
     deadline = time.monotonic() + 1.5
-    while model in served.server.cache.resident() and time.monotonic() < deadline:
+    while (model, "image") in served.server.cache.resident() and time.monotonic() < deadline:
         time.sleep(0.05)
 
     assert served.server.cache.resident() == []

@@ -53,11 +53,22 @@ class Served:
         """Through the plain stub: the request is exactly these bytes."""
         return to_numpy(self.call(build_request(model, images), timeout)).embeddings
 
-    def call(self, request: pb.EmbedRequest, timeout: float = TIMEOUT_S) -> pb.EmbedResponse:
-        response: pb.EmbedResponse = self.stub.Embed(request, timeout=timeout)
+    def call(
+        self, request: pb.EmbedRequest | pb.EmbedTextRequest, timeout: float = TIMEOUT_S
+    ) -> pb.EmbedResponse:
+        """Embed or EmbedText, by the request's type, through the plain stub."""
+        method = self.stub.EmbedText if isinstance(request, pb.EmbedTextRequest) else self.stub.Embed
+        response: pb.EmbedResponse = method(request, timeout=timeout)
         return response
 
-    def error(self, request: pb.EmbedRequest, timeout: float = TIMEOUT_S) -> grpc.RpcError:
+    def texts(self, model: str, *texts: str, normalize: bool = False) -> np.ndarray:
+        """Through the plain stub's EmbedText."""
+        request = pb.EmbedTextRequest(model=model, texts=texts, normalize=normalize)
+        return to_numpy(self.call(request)).embeddings
+
+    def error(
+        self, request: pb.EmbedRequest | pb.EmbedTextRequest, timeout: float = TIMEOUT_S
+    ) -> grpc.RpcError:
         """The error a request must end with (the test fails if it succeeds)."""
         with pytest.raises(grpc.RpcError) as caught:
             self.call(request, timeout)
@@ -68,11 +79,17 @@ class Served:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of the server's own Prometheus registry (0 when the series does not exist yet)."""
-        return self.server.telemetry.registry.get_sample_value(name, labels) or 0.0
+        """The sum of the server's own samples of `name` whose labels include `labels` (0 when
+        none exists yet), as a query by those labels would read it."""
+        return sum(
+            sample.value
+            for family in self.server.telemetry.registry.collect()
+            for sample in family.samples
+            if sample.name == name and labels.items() <= sample.labels.items()
+        )
 
-    def loads(self, model: str) -> float:
-        return self.metric("embedder_model_loads_total", model=model)
+    def loads(self, model: str, modality: str = "image") -> float:
+        return self.metric("embedder_model_loads_total", model=model, modality=modality)
 
     def models(self) -> dict[str, pb.ModelStatus]:
         return {m.info.name: m for m in self.client.list_models()}
