@@ -1,4 +1,4 @@
-"""`embedder` command line: serve, embed, models, health.
+"""`embedder` command line: serve, embed, embed-text, search, models, health.
 
 Every `serve` flag is also an environment variable: --max-batch-size <-> EMBEDDER_MAX_BATCH_SIZE.
 """
@@ -99,6 +99,22 @@ def cmd_embed(args: argparse.Namespace) -> int:
         return run_embed_job(client, args)
 
 
+def cmd_embed_text(args: argparse.Namespace) -> int:
+    texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
+    with _client(args) as client:
+        result = client.embed_text(args.model, texts, normalize=args.normalize)
+    for text, vector in zip(texts, result.embeddings, strict=True):
+        print(json.dumps({"text": text, "model": result.model.name, "embedding": vector.tolist()}))
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import run_search
+
+    with _client(args) as client:
+        return run_search(client, args)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
@@ -137,6 +153,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_embed_flags(embed)
     _client_flags(embed)
     embed.set_defaults(func=cmd_embed)
+
+    embed_text = commands.add_parser("embed-text", help="embed texts (CLIP's text tower); print JSON lines")
+    embed_text.add_argument(
+        "texts", nargs="+", metavar="TEXT", help="texts to embed; - reads one per line from stdin"
+    )
+    embed_text.add_argument("--model", required=True, help="model name or alias (one with a text tower)")
+    embed_text.add_argument("--normalize", action="store_true", help="L2-normalise each vector")
+    _client_flags(embed_text)
+    embed_text.set_defaults(func=cmd_embed_text)
+
+    from .search import add_search_flags
+
+    search = commands.add_parser("search", help="the images of a folder that best match a sentence")
+    add_search_flags(search)
+    _client_flags(search)
+    search.set_defaults(func=cmd_search)
 
     models = commands.add_parser("models", help="list the server's models as JSON")
     _client_flags(models)
