@@ -24,6 +24,7 @@ from tests.support.processes import ServerProcess
 from . import measure
 from .report import render
 from .service import bench_server, run_load
+from .text import bench_text
 
 LOADS = [(1, 1), (4, 1), (16, 1), (2, 8)]  # (concurrency, images per request), on 640x480 frames
 PAIRED_ROUNDS = 6  # the service-over-ceiling ratio: ceiling and service alternate this many times
@@ -183,6 +184,9 @@ def main() -> int:
             (models_dir / name).symlink_to((args.models_dir / name).resolve())
         with bench_server(models_dir, scratch / "served.log") as (server, _):
             results["models"] = [bench_model(repo, n, frames, dirs, server, seconds, scratch) for n in names]
+            clip = repo.entries.get(args.clip)
+            if clip is not None and clip.spec.text is not None:
+                results["text"] = {"model": args.clip, **bench_text(clip, server, scratch, seconds)}
             results["rss_both_loaded_mb"] = server.rss_mib()
             # Once batches stop, the server hands freed heap back within ~2-7 s (embedder/memory.py).
             results["rss_at_rest_after_s"] = 1.0 if args.smoke else 8.0

@@ -1,8 +1,9 @@
 """Load generator, run as its own process so the client's CPU is not the server's Python:
 
     python -m bench.load --server ADDR --model M --concurrency C --per-request K --seconds S --images DIR
+    python -m bench.load ... --texts FILE      # EmbedText, one text per line of FILE
 
-Prints one JSON object: images/s, requests, p50/p99 latency (ms), errors by status.
+Prints one JSON object: items (images or texts)/s, requests, p50/p99 latency (ms), errors by status.
 
 images/s is the slope of completed images against completion time inside the window. Counting
 completions in a fixed window would be off by up to one batch: with 8-image batches finishing
@@ -17,12 +18,15 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
 from embedder.client import build_request
+from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from embedder.wire import channel_options
 
@@ -35,16 +39,32 @@ def main() -> None:
     parser.add_argument("--per-request", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0)
-    parser.add_argument("--images", type=Path, required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, help="a folder of .jpg files: Embed")
+    source.add_argument("--texts", type=Path, help="a file of texts, one per line: EmbedText")
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     args = parser.parse_args()
-    images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
     channel = grpc.insecure_channel(args.server, options=channel_options(256 << 20, round_robin=False))
     stub = pb_grpc.EmbedderStub(channel)
-    print(json.dumps(drive(stub, args, images)))
+    if args.texts is not None:
+        texts = args.texts.read_text(encoding="utf-8").splitlines()
+
+        def call(items: list[str]) -> object:
+            return stub.EmbedText(pb.EmbedTextRequest(model=args.model, texts=items), timeout=120)
+
+        print(json.dumps(drive(call, args, texts)))
+    else:
+        images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
+        print(
+            json.dumps(
+                drive(lambda items: stub.Embed(build_request(args.model, items), timeout=120), args, images)
+            )
+        )
 
 
-def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[bytes]) -> dict[str, object]:
+def drive(
+    call: Callable[[list[Any]], object], args: argparse.Namespace, items: list[Any]
+) -> dict[str, object]:
     lock = threading.Lock()
     latencies: list[float] = []
     completions: list[float] = []
@@ -59,14 +79,13 @@ def drive(stub: pb_grpc.EmbedderStub, args: argparse.Namespace, images: list[byt
             n = next(counter)
             if n >= args.max_requests:
                 return
-            batch = [images[(n * args.per_request + i) % len(images)] for i in range(args.per_request)]
-            request = build_request(args.model, batch)
+            batch = [items[(n * args.per_request + i) % len(items)] for i in range(args.per_request)]
             sent = time.perf_counter()
             try:
-                stub.Embed(request, timeout=120)
+                call(batch)
                 code = "OK"
             except grpc.RpcError as exc:
-                code = exc.code().name  # type: ignore[attr-defined]
+                code = exc.code().name
             done = time.perf_counter()
             if measure_from <= done <= stop_at:  # completions inside the window count
                 with lock:

@@ -104,6 +104,39 @@ def _model_section(m: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _text_section(t: dict[str, Any]) -> list[str]:
+    bound = 1.3 * t["short_query_model_p50_ms"] + 1.0
+    ratio = t["service_c4_texts_per_s"] / t["model_texts_per_s_at_that_batch"]
+    lines = [f"### Text tower ({t['model']})", ""]
+    lines += ["| side | setting | texts/s | p50 ms |", "|---|---|---:|---:|"]
+    lines.append(
+        f"| ORT model-only, served settings | one query of {t['short_query_tokens']} tokens | | {t['short_query_model_p50_ms']:.2f} |"
+    )
+    lines.append(
+        f"| this service over gRPC | the same query, concurrency 1 | | {t['short_query_service_p50_ms']:.2f} |"
+    )
+    lines.append(
+        f"| ORT model-only, served settings | batches of {t['model_batch']} of the {t['texts']} texts "
+        f"({t['tokens_min_max'][0]}-{t['tokens_min_max'][1]} tokens) | {t['model_texts_per_s_at_that_batch']:.1f} | |"
+    )
+    lines.append(
+        f"| this service over gRPC | the {t['texts']} texts, 4 callers x 16 texts/request "
+        f"(mean batch {t['service_mean_batch'] or 0:.1f}) | {t['service_c4_texts_per_s']:.1f} | |"
+    )
+    lines += [
+        "",
+        "| ratio | value | target |",
+        "|---|---:|---|",
+        (
+            f"| short query p50 over (1.3 x model p50 + 1 ms) | {t['short_query_service_p50_ms'] / bound:.3f} | "
+            f"<= 1: {'met' if t['short_query_service_p50_ms'] <= bound else 'NOT met'} |"
+        ),
+        f"| texts/s at concurrency 4 over model-only at the same batch | {ratio:.3f} | >= 0.9: {'met' if ratio >= 0.9 else 'NOT met'} |",
+        "",
+    ]
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     mach = results["machine"]
     lines = [
@@ -119,6 +152,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     for model in results.get("models", []):
         lines += _model_section(model)
+    if results.get("text"):
+        lines += _text_section(results["text"])
     onnx_total = sum(results.get("onnx_mb", {}).values())
     budget = 1.5 * onnx_total + 200
     rss = results.get("rss_both_loaded_mb", float("nan"))

@@ -17,7 +17,7 @@ from tests.support.processes import ServerProcess
 def bench_server(models_dir: Path, log_path: Path) -> Iterator[tuple[ServerProcess, float]]:
     """`embedder serve --preload` over `models_dir`, SERVING, and its spawn -> SERVING seconds
     (health polled every 10 ms: the cold start is a reported figure); stopped after the block."""
-    server = ServerProcess(models_dir, log_path, "--preload", "--log-level", "WARNING")
+    server = ServerProcess(models_dir, log_path, "--preload", "--log-level", "WARNING", metrics=True)
     try:
         yield server, server.wait_serving(timeout=120.0, poll_s=0.01)
     finally:
@@ -32,8 +32,9 @@ def run_load(
     per_request: int,
     seconds: float,
     warmup: float,
+    texts: bool = False,
 ) -> dict[str, object]:
-    """One load run from a separate client process."""
+    """One load run from a separate client process; `texts`: `source` is a file of texts."""
     command = [
         sys.executable,
         "-m",
@@ -50,7 +51,7 @@ def run_load(
         str(seconds),
         "--warmup",
         str(warmup),
-        "--images",
+        "--texts" if texts else "--images",
         str(images_dir),
     ]
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=os.environ.copy())

@@ -146,7 +146,9 @@ class Batcher:
             if not self._queue:
                 return None
             started = time.monotonic()
-            fill_by = started + self.max_delay_s
+            # A lone request (every item admitted is here) gains nothing from waiting for company.
+            alone = self._admitted == len(self._queue)
+            fill_by = started if alone else started + self.max_delay_s
             # Images still being decoded join the batch too, up to max_fill_wait_s: decoding
             # happens between runs (turns.py), so they are what the next batch is made of.
             cap = started + max(self.max_delay_s, self.max_fill_wait_s)

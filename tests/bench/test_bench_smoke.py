@@ -51,8 +51,16 @@ def test_bench_smoke_run_measures_every_side(
         assert [r["concurrency"] for r in int8_runs] == ([1, 16] if model["model"] == "tiny-clip" else [])
         for run in model["service"] + int8_runs:
             assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
+    text = results["text"]  # the tiny CLIP has a text tower
+    assert text["model"] == "tiny-clip" and text["texts"] == 64 and 5 <= text["tokens_min_max"][0]
+    assert text["tokens_min_max"][1] <= 40 and text["short_query_tokens"] <= 12
+    assert text["service_c4_texts_per_s"] > 0 and text["model_texts_per_s_at_that_batch"] > 0
+    assert 0 < text["short_query_model_p50_ms"] and 0 < text["short_query_service_p50_ms"]
     report = (out / "RESULTS-smoke.md").read_text()
     for needle in (
+        "Text tower (tiny-clip)",
+        "short query p50 over (1.3 x model p50 + 1 ms)",
+        "texts/s at concurrency 4 over model-only at the same batch",
         "service_c16_over_ceiling_b8",
         "service_c16_over_pytorch_single",
         "p50_c1_over_b1_plus_decode",

@@ -172,3 +172,19 @@ def test_a_model_loading_before_its_batch_does_not_hold_the_cores_turn() -> None
     assert waiting[0].result(5)[0] == pytest.approx(4.0)
     evicted.close()
     other.close()
+
+
+def test_a_lone_request_does_not_wait_for_company() -> None:
+    """The batch delay is for requests in progress elsewhere; with nothing else admitted, the
+    batch runs at once."""
+    batcher = Batcher("m", runner(Recorder()), max_batch=8, max_delay_s=2.0, max_queue=100)
+    with batcher.admit(2) as admission:
+        started = time.perf_counter()
+        futures = batcher.submit([_pixels(1), _pixels(2)], None, admission)
+        assert [f.result(5)[0] for f in futures] == pytest.approx([4.0, 8.0])
+        assert time.perf_counter() - started < 1.0
+    with batcher.admit(1) as first, batcher.admit(1):  # another request is being prepared
+        started = time.perf_counter()
+        batcher.submit([_pixels(3)], None, first)[0].result(5)
+        assert time.perf_counter() - started >= 1.9  # waited the delay for it
+    batcher.close()
