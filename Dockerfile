@@ -54,8 +54,11 @@ COPY pyproject.toml README.md* ./
 COPY embedder/ embedder/
 COPY export/ export/
 # DL3013 (unpinned pip install): the versions live in pyproject's `export` extra, one place.
+# open_clip_torch --no-deps: only its CLIP BPE merges file is read, for random-init builds
+# (export/clip_vocab.py); its dependencies would pull torchvision and another torch.
 # hadolint ignore=DL3013
-RUN pip install ".[export]"
+RUN pip install ".[export]" \
+ && pip install --no-deps "open_clip_torch==3.3.0"
 # Downloads and caches go under /tmp, writable by the non-root user (/app is root's); mount a
 # volume at /tmp/huggingface to keep hub downloads between runs.
 ENV HF_HOME=/tmp/huggingface \
@@ -70,9 +73,13 @@ CMD ["--help"]
 FROM base AS runtime-base
 WORKDIR /app
 # The wheel comes in through a bind mount, so it never becomes a layer of this image.
-# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio.
+# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio + tokenizers.
+# tokenizers declares the Hugging Face Hub client a dependency but imports it only for
+# `from_pretrained`, which the server never calls (it reads the tokenizer.json of a model
+# folder): the image drops those 19 MB. tests/ops replays this line and serves text from it.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/*.whl
+    pip install --no-cache-dir /wheels/*.whl \
+ && pip uninstall --yes huggingface_hub hf-xet
 # Root-owned and read-only to the server: it only ever reads models.
 RUN mkdir /app/models
 # MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas cost ~50 MiB of RSS in the 10-minute soak
