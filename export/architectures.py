@@ -52,11 +52,30 @@ def _dinov2(hidden: int, heads: int, layers: int = 12, mlp_ratio: int = 4) -> di
     }
 
 
+# The hub's openai/clip-vit-base-patch32 config.json keeps the legacy special-token ids of its
+# text config (bos 0, eos 2, pad 1; the tokenizer's are 49406 and 49407). With eos_token_id 2,
+# transformers pools the text at argmax(input_ids), the end-of-text token (the highest id), so the
+# random-init builds carry the same ids and pool exactly as the real checkpoint.
+CLIP_LEGACY_TOKEN_IDS = {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+CLIP_VOCAB_SIZE = 49408  # the real BPE vocabulary (export/clip_vocab.py), tiny models included
+CLIP_B32_TEXT = {
+    "vocab_size": CLIP_VOCAB_SIZE,
+    "hidden_size": 512,
+    "intermediate_size": 2048,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 8,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    **CLIP_LEGACY_TOKEN_IDS,
+}
 TINY_CLIP_TEXT = {
+    "vocab_size": CLIP_VOCAB_SIZE,
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    **CLIP_LEGACY_TOKEN_IDS,
 }
 TINY_CLIP_VISION = {
     "hidden_size": 32,
@@ -77,8 +96,11 @@ class Architecture:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    # CLIPConfig's defaults are ViT-B/32 (vision: 768 wide, 12 layers, patch 32; text: 512, 12).
-    "openai/clip-vit-base-patch32": Architecture("clip", {"projection_dim": 512}, CLIP_PROCESSOR),
+    # CLIPConfig's vision defaults are ViT-B/32's (768 wide, 12 layers, patch 32); the text config
+    # is written out for its legacy token ids.
+    "openai/clip-vit-base-patch32": Architecture(
+        "clip", {"text_config": CLIP_B32_TEXT, "projection_dim": 512}, CLIP_PROCESSOR
+    ),
     "facebook/dinov2-small": Architecture("dinov2", _dinov2(384, 6), DINOV2_PROCESSOR),
     "facebook/dinov2-base": Architecture("dinov2", _dinov2(768, 12), DINOV2_PROCESSOR),
     "tiny-clip": Architecture(

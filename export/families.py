@@ -1,6 +1,6 @@
 """Family-specific code lives here only: how to load each family, the PyTorch reference
 the gate compares against, and the module that is exported to the common graph contract
-`pixel_values` [N,3,H,W] -> `embedding` [N,D]."""
+`pixel_values` [N,3,H,W] -> `embedding` [N,D]. (CLIP's text tower: export/text.py.)"""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from transformers import (
 from embedder.spec import POOLINGS
 
 from .architectures import Architecture
+from .clip_vocab import save_tokenizer
 
 FAMILIES = tuple(POOLINGS)
 
@@ -106,13 +107,15 @@ class Dinov2Pooled(torch.nn.Module):
 
 @dataclass
 class Loaded:
-    """A checkpoint loaded for export: the reference forward, the module to export, the processor."""
+    """A checkpoint loaded for export: the reference forward, the module to export, the processor,
+    and where it was loaded from (the text tower's tokenizer is read from there too)."""
 
     family: str
     model: torch.nn.Module
     processor: Any
     reference: Callable[[torch.Tensor], torch.Tensor]
     embedding_dim: int
+    source: str
 
     def exportable(self, pooling: str, height: int, width: int) -> torch.nn.Module:
         if self.family == "clip":
@@ -131,16 +134,29 @@ def load(family: str, source: str, pooling: str) -> Loaded:
     dim = row.dim(model.config, pooling)
     if isinstance(model, CLIPModel):
         clip = model
-        return Loaded(family, clip, processor, lambda px: clip.get_image_features(pixel_values=px), dim)
+        return Loaded(
+            family, clip, processor, lambda px: clip.get_image_features(pixel_values=px), dim, source
+        )
     dino = model
     return Loaded(
-        family, dino, processor, lambda px: dinov2_pool(dino(pixel_values=px).last_hidden_state, pooling), dim
+        family,
+        dino,
+        processor,
+        lambda px: dinov2_pool(dino(pixel_values=px).last_hidden_state, pooling),
+        dim,
+        source,
     )
 
 
 def save_random_init(arch: Architecture, seed: int, directory: Path) -> None:
-    """Seeded random weights for a known architecture, saved as a checkpoint (no download)."""
+    """Seeded random weights for a known architecture, saved as a checkpoint (no download).
+
+    A CLIP checkpoint gets CLIP's real tokenizer (vocabulary built offline: export/clip_vocab.py),
+    configured as the hub's, so its text tower sees the ids the real checkpoint sees."""
     row = TABLE[arch.family]
     torch.manual_seed(seed)
-    row.model(row.config(**arch.config)).save_pretrained(directory)
+    model = row.model(row.config(**arch.config))
+    model.save_pretrained(directory)
     row.random_processor(arch).save_pretrained(directory)
+    if isinstance(model, CLIPModel):
+        save_tokenizer(directory, model.config.text_config.max_position_embeddings)
