@@ -1,11 +1,12 @@
 """Export a CLIP or DINOv2 checkpoint to ONNX and prove parity with PyTorch.
 
-    python -m export {clip|dinov2} SOURCE --out models/NAME [--random-init --seed N] [--opset N]
+    python -m export {clip|dinov2} SOURCE --out models/NAME [--random-init --seed N] [--opset N] [--no-text]
 
 SOURCE is a hub id or a local checkpoint directory (anything `from_pretrained` takes). With
 --random-init, SOURCE names a known architecture that is built with seeded random weights and no
 download; such a model is labelled random-init (not pretrained) in model.json and in the logs.
-The export fails (non-zero exit, model not verified) unless the parity gate passes.
+CLIP's text tower is exported beside the image graph (text.onnx + tokenizer.json) unless
+--no-text. The export fails (non-zero exit, model not verified) unless the parity gate passes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ import time
 from pathlib import Path
 
 from embedder.cpus import plan_threads
-from embedder.spec import NAME_PATTERN, SPEC_FILE, ModelSpec, Provenance, file_sha256, write_spec
+from embedder.spec import (
+    NAME_PATTERN,
+    SPEC_FILE,
+    ModelSpec,
+    Provenance,
+    TextTower,
+    file_sha256,
+    write_spec,
+)
 
 from . import families
 from .architectures import ARCHITECTURES, architecture
@@ -27,6 +36,7 @@ from .convert import DEFAULT_OPSET, export_onnx
 from .parity import INT8, gate_images, report_outcome, run_gate
 from .quantize import SCHEME, fp32_reference, quantize_int8
 from .spec_writer import library_versions, preprocessing_from_processor
+from .text import export_text, remove_text_tower
 
 log = logging.getLogger("export")
 ONNX_FILE = "model.onnx"
@@ -54,6 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-huge", action="store_true", help="leave the >= 4000 px images out of the gate")
     parser.add_argument(
         "--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)"
+    )
+    parser.add_argument(
+        "--no-text", action="store_true", help="clip: leave the text tower out (image graph only)"
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(NAME_PATTERN, args.out.name):
@@ -89,6 +102,7 @@ def build_spec(
     aliases: list[str],
     out: Path,
     quantization: str | None = None,
+    text: TextTower | None = None,
 ) -> ModelSpec:
     # A random-init source is an architecture name, never a path, even if a file of that name exists
     # (e.g. `--out tiny-clip` run from the parent dir): the gate rebuilds the model from this name.
@@ -116,15 +130,24 @@ def build_spec(
             quantization=quantization,
             versions=library_versions(),
         ),
+        text=text,
     )
 
 
-def export_fp32(args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path) -> int:
-    """Export the fp32 graph to `out` and run the parity gate against PyTorch; the gate's status."""
+def export_fp32(
+    args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path, with_text: bool = True
+) -> int:
+    """Export the fp32 graph (and CLIP's text tower) to `out` and run the parity gate against
+    PyTorch; the gate's status."""
     out.mkdir(parents=True, exist_ok=True)
     height, width = preprocessing_from_processor(loaded.processor).input_size()
     export_onnx(loaded.exportable(args.pooling, height, width), out / ONNX_FILE, height, width, args.opset)
-    write_spec(build_spec(args, loaded, aliases, out), out / SPEC_FILE)
+    text = None
+    if loaded.family == "clip" and with_text and not args.no_text:
+        text = export_text(loaded, out, args.opset)
+    else:
+        remove_text_tower(out)
+    write_spec(build_spec(args, loaded, aliases, out, text=text), out / SPEC_FILE)
     log.info("exported %s; running the parity gate against PyTorch", out)
     return report_outcome(
         run_gate(out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images))
@@ -136,10 +159,13 @@ def export_quantized(
 ) -> int:
     """fp32 export (gated) in scratch, then the int8 graph in args.out gated by cosine to fp32."""
     fp32_dir = scratch / "fp32" / args.out.name
-    if export_fp32(args, loaded, aliases, fp32_dir) != 0:
+    if loaded.family == "clip" and not args.no_text:
+        log.info("--quantize covers the image graph: the int8 variant has no text tower")
+    if export_fp32(args, loaded, aliases, fp32_dir, with_text=False) != 0:
         log.error("the fp32 graph failed its gate; not quantising")
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
+    remove_text_tower(args.out)
     quantize_int8(fp32_dir / ONNX_FILE, args.out / ONNX_FILE)
     write_spec(build_spec(args, loaded, aliases, args.out, quantization=SCHEME), args.out / SPEC_FILE)
     log.info("quantised %s (%s); gating against the fp32 graph", args.out, SCHEME)

@@ -1,4 +1,5 @@
-"""torch module -> ONNX file with the common graph contract, checked by the ONNX checker.
+"""torch module -> ONNX file with the common graph contract, checked by the ONNX checker (and the
+text tower's graph, `input_ids`, `attention_mask` -> `embedding`, for CLIP).
 
 Why torch.onnx.export and not optimum's exporter: optimum's CLIP configs export the whole
 two-tower model or `image_embeds` from CLIPVisionModelWithProjection, and its DINOv2 config
@@ -50,3 +51,52 @@ def check_graph(path: Path, height: int, width: int) -> None:
     shape = [d.dim_param or d.dim_value for d in dims]
     if len(shape) != 4 or not isinstance(shape[0], str) or shape[1:] != [3, height, width]:
         raise SystemExit(f"{path}: pixel_values has shape {shape}, expected [batch,3,{height},{width}]")
+
+
+def export_text_onnx(
+    module: torch.nn.Module,
+    path: Path,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    embedding_dim: int,
+    opset: int = DEFAULT_OPSET,
+) -> None:
+    """The text tower: `input_ids`, `attention_mask` int64 [N,L] -> `embedding` [N,D], N and L
+    dynamic. Traced on a real padded batch (rows of different lengths)."""
+    axes = {0: "batch", 1: "sequence"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
+        torch.onnx.export(
+            module,
+            (input_ids, attention_mask),
+            str(path),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["embedding"],
+            dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    check_text_graph(path, embedding_dim)
+
+
+def check_text_graph(path: Path, embedding_dim: int) -> None:
+    """ONNX checker plus the text contract: two int64 inputs [N,L], one float output [N,D]."""
+    onnx.checker.check_model(str(path), full_check=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
+    if [i.name for i in inputs] != ["input_ids", "attention_mask"] or [o.name for o in graph.output] != [
+        "embedding"
+    ]:
+        raise SystemExit(f"{path}: graph must map input_ids, attention_mask -> embedding")
+    for value in inputs:
+        shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+        if value.type.tensor_type.elem_type != onnx.TensorProto.INT64 or len(shape) != 2:
+            raise SystemExit(f"{path}: {value.name} must be int64 [batch, sequence]")
+        if not all(isinstance(d, str) for d in shape):
+            raise SystemExit(f"{path}: {value.name} has shape {shape}; batch and sequence must be dynamic")
+    output = graph.output[0].type.tensor_type
+    shape = [d.dim_param or d.dim_value for d in output.shape.dim]
+    width_ok = len(shape) == 2 and (isinstance(shape[1], str) or shape[1] in (embedding_dim, 0))
+    if output.elem_type != onnx.TensorProto.FLOAT or not width_ok:
+        raise SystemExit(f"{path}: embedding has shape {shape}, expected float32 [batch, {embedding_dim}]")

@@ -3,8 +3,11 @@
     python -m export.parity models/NAME [--images DIR] [--no-huge]
 
 Required for every image of the set: pixel values bit-identical (max-abs 0) and max-abs of the
-L2-normalised embeddings <= 1e-6; and a batch of all images equal to one-at-a-time. Writes
-models/NAME/parity.json and the summary in model.json; exits non-zero with a table otherwise.
+L2-normalised embeddings <= 1e-6; and a batch of all images equal to one-at-a-time. A model with
+a text tower (model.json's `text`) is gated on its text set too (export/text.py): token ids as
+transformers' fast tokenizer gives them, embeddings <= 1e-6, a padded batch equal to one at a
+time. Writes models/NAME/parity.json and the summaries in model.json (`parity.verified` is the
+whole gate's verdict, both halves); exits non-zero with a table otherwise.
 
 Images 1 or 3 pixels high: HF's processor infers the channel axis from the array shape and takes
 such an image as channels-first, which crashes or scrambles it. We always decode to
@@ -38,7 +41,9 @@ from embedder.spec import PARITY_FILE, SPEC_FILE, ModelSpec, Parity, file_sha256
 from . import families
 from .architectures import architecture
 from .images import ParityImage, parity_images
+from .parity_texts import ParityText, parity_texts
 from .spec_writer import library_versions
+from .text import TextReport, run_text_gate
 
 TOLERANCE = 1e-6
 INT8_MIN_COSINE = 0.995
@@ -104,10 +109,11 @@ class GateReport:
     batch_invariance_required: bool
     spec_names_this_graph: bool  # model.json's onnx_sha256 is this file's: what the server checks
     seconds: float
+    text: TextReport | None = None  # the text half, for a model with a text tower
     versions: dict[str, str] = field(default_factory=library_versions)
 
     @property
-    def verified(self) -> bool:
+    def images_verified(self) -> bool:
         batch_ok = self.batch_normalized_max_abs <= TOLERANCE or not self.batch_invariance_required
         return (
             bool(self.images)
@@ -115,6 +121,11 @@ class GateReport:
             and batch_ok
             and self.spec_names_this_graph
         )
+
+    @property
+    def verified(self) -> bool:
+        """The whole gate: the images, and the texts when the model has a text tower."""
+        return self.images_verified and (self.text is None or self.text.verified)
 
     def summary(self) -> Parity:
         return Parity(
@@ -129,6 +140,8 @@ class GateReport:
     def to_json(self) -> str:
         body = asdict(self)
         body["verified"] = self.verified
+        body["images_verified"] = self.images_verified
+        body["text"] = self.text.to_dict() if self.text is not None else None
         return json.dumps(body, indent=2) + "\n"
 
     def table(self) -> str:
@@ -149,7 +162,17 @@ class GateReport:
             lines.append(
                 f"FAIL: model.json's onnx_sha256 is not this graph's ({self.onnx_sha256}); the server would refuse it"
             )
+        if self.text is not None:
+            lines.append(self.text.table())
         return "\n".join(lines)
+
+    def failures(self) -> list[str]:
+        failed = [r.name for r in self.images if not r.passed]
+        if self.batch_normalized_max_abs > TOLERANCE and self.batch_invariance_required:
+            failed.append("image batch vs one at a time")
+        if not self.spec_names_this_graph:
+            failed.append("onnx_sha256 mismatch")
+        return failed + (self.text.failures() if self.text is not None else [])
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -227,8 +250,10 @@ def run_gate(
     images: list[ParityImage],
     reference: Reference | None = None,
     criterion: Criterion = FP32,
+    texts: list[ParityText] | None = None,
 ) -> GateReport:
-    """Compare every image, then the whole set as one batch; write parity.json and model.json.
+    """Compare every image, then the whole set as one batch; the same for the texts when the model
+    has a text tower (the committed set unless given); write parity.json and model.json.
 
     The reference is PyTorch unless given (a quantised graph is held to its fp32 graph)."""
     reference = reference or torch_reference(loaded)
@@ -246,6 +271,10 @@ def run_gate(
     singles = [run(session, t[None])[0] for t in tensors]
     batch = run(session, np.stack(tensors))
     batch_diff = max(float(np.abs(_unit(b) - _unit(s)).max()) for b, s in zip(batch, singles))
+    text = None
+    if spec.text is not None:
+        text_set = parity_texts() if texts is None else texts
+        text = run_text_gate(model_dir, spec.text, loaded, text_set, TOLERANCE)
     report = GateReport(
         model=spec.name,
         onnx_sha256=sha,
@@ -256,9 +285,13 @@ def run_gate(
         batch_invariance_required=spec.batch_invariant,
         spec_names_this_graph=spec.onnx_sha256 == sha,
         seconds=round(time.perf_counter() - started, 2),
+        text=text,
     )
     (model_dir / PARITY_FILE).write_text(report.to_json(), encoding="utf-8")
-    write_spec(spec.model_copy(update={"parity": report.summary()}), model_dir / SPEC_FILE)
+    update: dict[str, object] = {"parity": report.summary()}
+    if spec.text is not None and text is not None:
+        update["text"] = spec.text.model_copy(update={"parity": text.summary()})
+    write_spec(spec.model_copy(update=update), model_dir / SPEC_FILE)
     return report
 
 
@@ -293,12 +326,14 @@ def gate_images(seed: int = 0, include_huge: bool = True, directory: Path | None
 def report_outcome(report: GateReport) -> int:
     print(report.table())
     if report.verified:
-        print(f"parity gate PASSED for {report.model} ({len(report.images)} images, {report.seconds:.1f} s)")
+        texts = f", {len(report.text.texts)} texts" if report.text is not None else ""
+        print(
+            f"parity gate PASSED for {report.model} ({len(report.images)} images{texts}, {report.seconds:.1f} s)"
+        )
         return 0
-    failed = [r.name for r in report.images if not r.passed]
-    if not report.spec_names_this_graph:
-        failed.append("onnx_sha256 mismatch")
-    print(f"parity gate FAILED for {report.model}: {', '.join(failed) or 'batch check'}", file=sys.stderr)
+    failed = report.failures()
+    named = "; ".join(failed[:10]) + (f"; and {len(failed) - 10} more" if len(failed) > 10 else "")
+    print(f"parity gate FAILED for {report.model}: {named or 'batch check'}", file=sys.stderr)
     return 1
 
 

@@ -1,5 +1,6 @@
 """Exit 0 if models/NAME holds an exported graph that passed its gate and matches its model.json
-(used by `make models` to skip work already done), 1 otherwise, saying why."""
+(used by `make models` to skip work already done), 1 otherwise, saying why. A model with a text
+tower needs its text graph and tokenizer present, matching, and gated too."""
 
 from __future__ import annotations
 
@@ -23,6 +24,19 @@ def problem(directory: Path) -> str | None:
         return "graph does not match model.json's onnx_sha256"
     if not spec.verified:
         return "parity gate not passed"
+    text = spec.text
+    if text is not None:
+        for name, expected in (
+            (text.onnx_file, text.onnx_sha256),
+            (text.tokenizer_file, text.tokenizer_sha256),
+        ):
+            path = directory / name
+            if not path.is_file():
+                return f"text tower file missing: {path}"
+            if file_sha256(path) != expected:
+                return f"text tower file {name} does not match model.json"
+        if not text.verified:
+            return "text tower's parity gate not passed"
     return None
 
 
