@@ -1,4 +1,4 @@
-"""`embedder` command line: serve, embed, embed-text, search, models, health.
+"""`embedder` command line: serve, embed, embed-text, search, verify, models, health.
 
 Every `serve` flag is also an environment variable: --max-batch-size <-> EMBEDDER_MAX_BATCH_SIZE.
 """
@@ -115,6 +115,13 @@ def cmd_search(args: argparse.Namespace) -> int:
         return run_search(client, args)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import run_verify
+
+    with _client(args) as client:
+        return run_verify(client, args)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from google.protobuf.json_format import MessageToDict
 
@@ -169,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_flags(search)
     _client_flags(search)
     search.set_defaults(func=cmd_search)
+
+    from .verify import add_verify_flags
+
+    verify = commands.add_parser("verify", help="exit 0 iff the server's vectors match the golden sets")
+    add_verify_flags(verify)
+    _client_flags(verify)
+    verify.set_defaults(func=cmd_verify)
 
     models = commands.add_parser("models", help="list the server's models as JSON")
     _client_flags(models)

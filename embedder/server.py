@@ -84,7 +84,12 @@ class EmbedderServer:
         self.metrics_port: int | None = None
         self.health = HealthServicer()
         self.cache = SessionCache(
-            self.repository, self.plan.intra_op, settings.max_loaded, settings.idle_ttl_s, self._model_state
+            self.repository,
+            self.plan.intra_op,
+            settings.max_loaded,
+            settings.idle_ttl_s,
+            self._model_state,
+            allow_golden_mismatch=settings.allow_golden_mismatch,
         )
         graphs = [health_name(*graph) for graph in self.cache.graphs()]
         self._health: dict[str, int] = {s: _NOT_SERVING for s in ("", SERVICE_NAME, *graphs)}

@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 
 from .engine import EmbedOptions, EmbedResult, Engine
 from .errors import EmbedderError, InvalidRequest, image_kinds
+from .golden import SelfCheck
 from .repository import IMAGE, TEXT, ModelEntry
 from .sessions import ModelState
 from .sources import ImageSource
@@ -329,6 +330,7 @@ class EmbedderService(pb_grpc.EmbedderServicer):
                 else:
                     status.state, status.loaded, status.error = graph.state, graph.loaded, graph.error
                     status.load_seconds, status.onnx_bytes = graph.load_seconds, graph.onnx_bytes
+                    status.self_check.CopyFrom(graph.self_check)
             statuses.append(status)
         return statuses
 
@@ -336,10 +338,24 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         cache = self.engine.cache
         state, error, load_seconds = cache.status(entry.name, modality)
         path = entry.graph_path(modality)
+        check = cache.checks.get((entry.name, modality))
         return pb.GraphStatus(
             state=_STATES[state],
             loaded=(entry.name, modality) in cache.resident(),
             error=error,
             load_seconds=load_seconds,
             onnx_bytes=path.stat().st_size if path.is_file() else 0,
+            self_check=_self_check(check) if check is not None else None,
         )
+
+
+def _self_check(check: SelfCheck) -> pb.SelfCheck:
+    measured = check.max_abs == check.max_abs  # NaN until measured
+    return pb.SelfCheck(
+        state=check.state,
+        max_abs=check.max_abs if measured else 0.0,
+        worst=check.worst,
+        inputs=check.items,
+        seconds=check.seconds,
+        cpu_flags=check.cpu_flags,
+    )

@@ -9,6 +9,7 @@ with its tokenizer; each file's sha256 is checked against model.json first.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import threading
@@ -22,6 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelUnavailable
+from .golden import GoldenError, SelfCheck, check_images, check_texts, load_golden, measure
 from .memory import release_free_memory
 from .repository import IMAGE, TEXT, ModelEntry, Repository
 from .runtime import open_session, run, run_text
@@ -77,8 +79,14 @@ class SessionCache:
         max_loaded: int,
         idle_ttl_s: float = 0.0,
         listener: StateListener | None = None,
+        allow_golden_mismatch: bool = False,
     ) -> None:
         self.repository = repository
+        self.allow_golden_mismatch = allow_golden_mismatch
+        self.checks: dict[Graph, SelfCheck] = {}  # the last self-check of each graph loaded
+        # Graphs whose golden self-check failed: refused at once until restart, not reloaded on
+        # every request (the files are the same; so would the result be).
+        self._refused: dict[Graph, str] = {}
         self.intra_op_threads = intra_op_threads
         self.max_loaded = max_loaded
         self.idle_ttl_s = idle_ttl_s
@@ -112,6 +120,8 @@ class SessionCache:
         if loaded is not None:
             return loaded
         graph = (name, modality)
+        if graph in self._refused:
+            raise ModelUnavailable(self._refused[graph])
         if graph not in self._graph_locks:
             raise ModelUnavailable(
                 self.repository.entries[name].unavailable_reason(modality) or "no such graph"
@@ -152,12 +162,13 @@ class SessionCache:
             self._resident[graph] = _Resident(loaded)
         self._set(graph, _Status(ModelState.SERVING, load_seconds=seconds))
         log.info(
-            "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s)",
+            "model %s loaded in %.2f s (weights: %s, intra-op threads %d, spinning during runs, sha256 %s); %s",
             describe(graph),
             seconds,
             entry.spec.weights_kind.upper(),
             self.intra_op_threads,
             (entry.graph_sha256(modality) or "")[:12],
+            self.checks[graph].describe(),
         )
         if entry.spec.weights_kind == "random-init":
             log.warning(
@@ -192,7 +203,40 @@ class SessionCache:
                 f"model {entry.name!r}: its {modality} graph gives {warm.shape[1:]} vectors, "
                 f"model.json says {entry.spec.embedding_dim}"
             )
+        self._self_check(entry, modality, Loaded(session, tokenizer))
         return Loaded(session, tokenizer)
+
+    def _self_check(self, entry: ModelEntry, modality: str, loaded: Loaded) -> None:
+        """The golden inputs through this graph; a graph over the tolerance is refused (unless
+        allowed), and the figure is kept for ListModels either way."""
+        graph = (entry.name, modality)
+        golden_spec = entry.spec.golden
+        if golden_spec is None:
+            self.checks[graph] = SelfCheck("not self-checked")
+            return
+        try:
+            golden = load_golden(entry.directory / golden_spec.file, golden_spec.sha256)
+        except GoldenError as exc:
+            raise ModelUnavailable(f"model {entry.name!r}: golden set refused: {exc}") from None
+        if modality == TEXT:
+            tokenizer = loaded.tokenizer
+            assert tokenizer is not None
+            if not golden.texts:
+                self.checks[graph] = SelfCheck("not self-checked")
+                return
+            check = measure(lambda: check_texts(golden, tokenizer, loaded.session), len(golden.texts))
+        else:
+            check = measure(lambda: check_images(golden, entry.spec, loaded.session), len(golden.images))
+        if check.state == "failed":
+            message = f"model {describe(graph)}: {check.describe()}"
+            if not self.allow_golden_mismatch:
+                log.error("%s; refusing to serve it (--allow-golden-mismatch serves it anyway)", message)
+                self.checks[graph] = check
+                self._refused[graph] = message
+                raise ModelUnavailable(message)
+            log.warning("%s; served anyway (--allow-golden-mismatch)", message)
+            check = dataclasses.replace(check, state="failed, served anyway")
+        self.checks[graph] = check
 
     def _evict_over_capacity(self) -> None:
         with self._lock:

@@ -75,6 +75,10 @@ class Settings(BaseModel):
     )
     log_format: str = Field("text", pattern="^(text|json)$", description="text or json log lines")
     log_level: str = Field("INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
+    allow_golden_mismatch: bool = Field(
+        False,
+        description="serve a model whose golden self-check at load fails (the figure is still reported)",
+    )
     tls_cert: Path | None = Field(None, description="PEM server certificate (enables TLS)")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS)")

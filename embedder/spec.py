@@ -177,6 +177,15 @@ class TextTower(_Frozen):
         )
 
 
+class Golden(_Frozen):
+    """A few of the gate's inputs with PyTorch's vectors, which the server re-embeds at load."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.npz$")
+    sha256: str = Field(pattern=SHA256)
+    images: int = Field(ge=1)
+    texts: int = Field(ge=0)
+
+
 class ModelSpec(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN)
@@ -196,6 +205,7 @@ class ModelSpec(_Frozen):
     provenance: Provenance | None = None
     parity: Parity | None = None
     text: TextTower | None = None  # CLIP only: the text tower, when exported
+    golden: Golden | None = None  # None for exports that predate the self-check
 
     @field_validator("aliases")
     @classmethod

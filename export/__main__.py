@@ -33,6 +33,7 @@ from embedder.spec import (
 from . import families
 from .architectures import ARCHITECTURES, architecture
 from .convert import DEFAULT_OPSET, export_onnx
+from .golden import write_golden_set
 from .parity import INT8, gate_images, report_outcome, run_gate
 from .quantize import SCHEME, fp32_reference, quantize_int8
 from .spec_writer import library_versions, preprocessing_from_processor
@@ -149,9 +150,11 @@ def export_fp32(
         remove_text_tower(out)
     write_spec(build_spec(args, loaded, aliases, out, text=text), out / SPEC_FILE)
     log.info("exported %s; running the parity gate against PyTorch", out)
-    return report_outcome(
-        run_gate(out, loaded, gate_images(include_huge=not args.no_huge, directory=args.images))
-    )
+    images = gate_images(include_huge=not args.no_huge, directory=args.images)
+    report = run_gate(out, loaded, images)
+    if report.verified:
+        write_golden_set(out, loaded, images, own_outputs=False)
+    return report_outcome(report)
 
 
 def export_quantized(
@@ -171,7 +174,10 @@ def export_quantized(
     log.info("quantised %s (%s); gating against the fp32 graph", args.out, SCHEME)
     reference = fp32_reference(fp32_dir / ONNX_FILE, plan_threads().intra_op)
     images = gate_images(include_huge=not args.no_huge, directory=args.images)
-    return report_outcome(run_gate(args.out, loaded, images, reference, INT8))
+    report = run_gate(args.out, loaded, images, reference, INT8)
+    if report.verified:
+        write_golden_set(args.out, loaded, images, own_outputs=True)
+    return report_outcome(report)
 
 
 def export_model(args: argparse.Namespace) -> int:

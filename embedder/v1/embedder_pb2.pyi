@@ -116,7 +116,7 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("info", "state", "loaded", "error", "load_seconds", "onnx_bytes", "text")
+    __slots__ = ("info", "state", "loaded", "error", "load_seconds", "onnx_bytes", "text", "self_check")
     INFO_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class ModelStatus(_message.Message):
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ONNX_BYTES_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    SELF_CHECK_FIELD_NUMBER: _ClassVar[int]
     info: ModelInfo
     state: ModelState
     loaded: bool
@@ -131,21 +132,40 @@ class ModelStatus(_message.Message):
     load_seconds: float
     onnx_bytes: int
     text: GraphStatus
-    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ..., text: _Optional[_Union[GraphStatus, _Mapping]] = ...) -> None: ...
+    self_check: SelfCheck
+    def __init__(self, info: _Optional[_Union[ModelInfo, _Mapping]] = ..., state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ..., text: _Optional[_Union[GraphStatus, _Mapping]] = ..., self_check: _Optional[_Union[SelfCheck, _Mapping]] = ...) -> None: ...
 
 class GraphStatus(_message.Message):
-    __slots__ = ("state", "loaded", "error", "load_seconds", "onnx_bytes")
+    __slots__ = ("state", "loaded", "error", "load_seconds", "onnx_bytes", "self_check")
     STATE_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ONNX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SELF_CHECK_FIELD_NUMBER: _ClassVar[int]
     state: ModelState
     loaded: bool
     error: str
     load_seconds: float
     onnx_bytes: int
-    def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ...) -> None: ...
+    self_check: SelfCheck
+    def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ..., self_check: _Optional[_Union[SelfCheck, _Mapping]] = ...) -> None: ...
+
+class SelfCheck(_message.Message):
+    __slots__ = ("state", "max_abs", "worst", "inputs", "seconds", "cpu_flags")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_FIELD_NUMBER: _ClassVar[int]
+    WORST_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CPU_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    state: str
+    max_abs: float
+    worst: str
+    inputs: int
+    seconds: float
+    cpu_flags: str
+    def __init__(self, state: _Optional[str] = ..., max_abs: _Optional[float] = ..., worst: _Optional[str] = ..., inputs: _Optional[int] = ..., seconds: _Optional[float] = ..., cpu_flags: _Optional[str] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)

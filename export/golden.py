@@ -1,0 +1,91 @@
+"""The golden set an export leaves beside its graphs, for the server's self-check at load and
+`embedder verify` (embedder/golden.py reads it).
+
+Four of the gate's images (a camera-like JPEG, an RGBA PNG, a greyscale JPEG, a lossy WebP: the
+decoders a pipeline feeds) and, for CLIP's text tower, four of its texts, each with the vector the
+gate's reference gave: PyTorch for an fp32 graph. An int8 graph is held to its fp32 graph by the
+gate (cosine), so its golden vectors are its own, as this machine computed them: what a
+deployment must reproduce. Four of each keeps the check at load within 0.5 s on 2 cores
+(docs/models.md).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from embedder.cpus import plan_threads
+from embedder.golden import GoldenSet, write_golden
+from embedder.preprocess import Preprocessor
+from embedder.runtime import open_session, run, run_text
+from embedder.spec import SPEC_FILE, Golden, file_sha256, load_spec, write_spec
+from embedder.text import TextTokenizer, collate
+
+from .families import Loaded
+from .images import ParityImage
+from .parity import Reference, _reference_pixels, torch_reference
+from .parity_texts import parity_texts
+from .text import fast_tokenizer
+
+GOLDEN_FILE = "golden.npz"
+IMAGES = ("photo_640x480.jpg", "rgba_256x192.png", "gray_320x240.jpg", "photo_500x333_lossy.webp")
+TEXT_CATEGORIES = ("captions", "accents_and_combining_marks", "cjk", "emoji")
+
+
+def golden_images(images: list[ParityImage]) -> list[ParityImage]:
+    chosen = [item for item in images if item.name in IMAGES]
+    return chosen if len(chosen) == len(IMAGES) else images[: len(IMAGES)]
+
+
+def golden_texts() -> list[str]:
+    texts = parity_texts()
+    return [next(t.text for t in texts if t.category == category) for category in TEXT_CATEGORIES]
+
+
+def write_golden_set(model_dir: Path, loaded: Loaded, images: list[ParityImage], own_outputs: bool) -> Golden:
+    """Writes golden.npz and model.json's `golden`. `own_outputs`: the references are the
+    exported graphs' own vectors (an int8 variant), else PyTorch's."""
+    spec = load_spec(model_dir / SPEC_FILE)
+    chosen = golden_images(images)
+    if own_outputs:
+        session = open_session(model_dir / spec.onnx_file, plan_threads().intra_op)
+        pre = Preprocessor(spec.preprocessing)
+        vectors = run(session, np.stack([pre.from_bytes(item.data) for item in chosen]))
+    else:
+        vectors = np.stack([_torch_image(loaded, torch_reference(loaded), item) for item in chosen])
+    texts = golden_texts() if spec.text is not None else []
+    text_vectors = np.zeros((0, spec.embedding_dim))
+    if spec.text is not None:
+        tower = spec.text
+        if own_outputs:
+            tokenizer = TextTokenizer.load(model_dir / tower.tokenizer_file, tower)
+            text_session = open_session(model_dir / tower.onnx_file, plan_threads().intra_op)
+            text_vectors = run_text(text_session, *collate(tokenizer.encode(texts), tower.pad_id))
+        else:
+            fast = fast_tokenizer(loaded.source)
+            text_vectors = np.stack([_torch_text(loaded, fast, text, tower.max_length) for text in texts])
+    path = model_dir / GOLDEN_FILE
+    write_golden(
+        path, GoldenSet([i.name for i in chosen], [i.data for i in chosen], vectors, texts, text_vectors)
+    )
+    golden = Golden(file=GOLDEN_FILE, sha256=file_sha256(path), images=len(chosen), texts=len(texts))
+    write_spec(spec.model_copy(update={"golden": golden}), model_dir / SPEC_FILE)
+    return golden
+
+
+def _torch_image(loaded: Loaded, reference: Reference, item: ParityImage) -> np.ndarray:
+    pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
+    pixels, _, _ = _reference_pixels(loaded.processor, pil)
+    return reference(pixels, np.zeros(0))
+
+
+def _torch_text(loaded: Loaded, fast: Any, text: str, max_length: int) -> np.ndarray:
+    tokens = fast(text, truncation=True, max_length=max_length, return_tensors="pt")
+    with torch.no_grad():
+        features = loaded.model.get_text_features(**tokens)  # type: ignore[operator]
+    return features[0].numpy()
