@@ -26,7 +26,7 @@ from .spec import ModelSpec, file_sha256
 from .text import TextTokenizer, collate
 
 # L2-normalised max-abs a served vector may differ from PyTorch's. The gate holds 1e-6 where it
-# ran; other SIMD kernels reorder sums (measured: docs/models.md, "Golden self-check").
+# ran; other SIMD kernels reorder sums (measured: docs/operations.md, "Verifying a deployment").
 TOLERANCE = 1e-5
 SIMD_FLAGS = (
     *("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16"),
