@@ -25,7 +25,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from PIL import Image
 from transformers import AutoImageProcessor, CLIPModel, Dinov2Model
 
@@ -34,6 +33,7 @@ from embedder.spec import ModelSpec, load_spec
 from export.architectures import ARCHITECTURES
 from export.families import POOLINGS
 from export.images import parity_images
+from tests.support.graphs import perturb_first_layernorm
 
 REPO_ROOT = Path(__file__).parents[2]
 TOLERANCE = (
@@ -279,24 +279,6 @@ def edit_spec(directory: Path, edit: Callable[[dict[str, Any]], None]) -> None:
     body = json.loads(path.read_text())
     edit(body)
     path.write_text(json.dumps(body, indent=2))
-
-
-def perturb_first_layernorm(path: Path, factor: float = 1.001) -> None:
-    """Scale the weight of the first LayerNormalization with an initializer scale by `factor`.
-
-    Chosen because it cannot cancel out: scaling the *last* projection (or a LayerNorm right before
-    it, whose bias is zero at init) only rescales the output, which the gate's comparison of
-    L2-normalised vectors rightly ignores; and scaling a query/key weight only sharpens near-uniform
-    attention of random weights, moving the output by ~1e-6. The first LayerNorm moves it by >1e-4.
-    """
-    model = onnx.load(str(path))
-    initializers = {init.name: init for init in model.graph.initializer}
-    node = next(
-        n for n in model.graph.node if n.op_type == "LayerNormalization" and n.input[1] in initializers
-    )
-    weight = numpy_helper.to_array(initializers[node.input[1]])
-    initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * np.float32(factor), node.input[1]))
-    onnx.save(model, str(path))
 
 
 @pytest.mark.parametrize("fixture", ["tiny_clip_dir", "tiny_dinov2_dir"])

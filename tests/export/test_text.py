@@ -20,13 +20,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import numpy_helper
 from transformers import AutoTokenizer, CLIPModel
 
 from embedder.runtime import open_session, run_text
 from embedder.spec import ModelSpec, load_spec
 from embedder.text import TextTokenizer, collate
 from export.parity_texts import parity_texts
+from tests.support.graphs import perturb_first_layernorm
 
 TOLERANCE = 1e-6  # the gate's contract, restated: a test must not follow a loosening
 MAX_TOKENS = 77
@@ -287,19 +287,6 @@ def test_gate_fails_on_a_tokenizer_that_does_not_frame_texts(
     assert "tokenizer: ValueError: the tokenizer frames an empty text as []" in process.stderr, output(
         process
     )
-
-
-def perturb_first_layernorm(path: Path, factor: float = 1.001) -> None:
-    """Scale the first LayerNormalization weight: moves every output by far more than 1e-6 (see
-    test_export_cli.perturb_first_layernorm for why this one)."""
-    model = onnx.load(str(path))
-    initializers = {init.name: init for init in model.graph.initializer}
-    node = next(
-        n for n in model.graph.node if n.op_type == "LayerNormalization" and n.input[1] in initializers
-    )
-    weight = numpy_helper.to_array(initializers[node.input[1]])
-    initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * np.float32(factor), node.input[1]))
-    onnx.save(model, str(path))
 
 
 def test_gate_fails_on_a_text_graph_that_differs(

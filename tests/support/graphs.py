@@ -1,0 +1,27 @@
+"""Changing an exported ONNX graph on purpose, for tests of what must notice the change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+
+def perturb_first_layernorm(path: Path, factor: float = 1.001) -> None:
+    """Scale the weight of the first LayerNormalization with an initializer scale by `factor`.
+
+    Chosen because it cannot cancel out: scaling the *last* projection (or a LayerNorm right before
+    it, whose bias is zero at init) only rescales the output, which the gate's comparison of
+    L2-normalised vectors rightly ignores; and scaling a query/key weight only sharpens near-uniform
+    attention of random weights, moving the output by ~1e-6. The first LayerNorm moves it by >1e-4.
+    """
+    model = onnx.load(str(path))
+    initializers = {init.name: init for init in model.graph.initializer}
+    node = next(
+        n for n in model.graph.node if n.op_type == "LayerNormalization" and n.input[1] in initializers
+    )
+    weight = numpy_helper.to_array(initializers[node.input[1]])
+    initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * np.float32(factor), node.input[1]))
+    onnx.save(model, str(path))
