@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Self, TypeVar, cast
+from typing import Any, Literal, Self, TypedDict, TypeVar, Unpack, cast
 
 import grpc
 import numpy as np
@@ -48,6 +48,16 @@ def _image(item: ImageLike) -> pb.Image:
 def server_path(path: str) -> pb.Image:
     """An image the server reads from its own image root (`--image-root`)."""
     return pb.Image(path=path)
+
+
+class Options(TypedDict, total=False):
+    """Embed's options: `aggregate="mean"` also returns the mean of the vectors (re-normalised
+    with `normalize_aggregate`), `aggregate_only` only that."""
+
+    normalize: bool
+    aggregate: Literal["mean"] | None
+    normalize_aggregate: bool
+    aggregate_only: bool
 
 
 def build_request(
@@ -164,24 +174,9 @@ class EmbedderClient:
                 time.sleep(delay)
 
     def embed(
-        self,
-        model: str,
-        images: Sequence[ImageLike | pb.Image],
-        *,
-        normalize: bool = False,
-        aggregate: Literal["mean"] | None = None,
-        normalize_aggregate: bool = False,
-        aggregate_only: bool = False,
+        self, model: str, images: Sequence[ImageLike | pb.Image], **options: Unpack[Options]
     ) -> Embeddings:
-        request = build_request(
-            model,
-            images,
-            normalize=normalize,
-            aggregate=aggregate,
-            normalize_aggregate=normalize_aggregate,
-            aggregate_only=aggregate_only,
-        )
-        return to_numpy(self._call(self.stub.Embed, request))
+        return to_numpy(self._call(self.stub.Embed, build_request(model, images, **options)))
 
     def embed_text(self, model: str, texts: Sequence[str], *, normalize: bool = False) -> Embeddings:
         """Texts into the space of the model's images (a model with a text tower: CLIP)."""
@@ -243,24 +238,9 @@ class AsyncEmbedderClient:
                 await asyncio.sleep(delay)
 
     async def embed(
-        self,
-        model: str,
-        images: Sequence[ImageLike | pb.Image],
-        *,
-        normalize: bool = False,
-        aggregate: Literal["mean"] | None = None,
-        normalize_aggregate: bool = False,
-        aggregate_only: bool = False,
+        self, model: str, images: Sequence[ImageLike | pb.Image], **options: Unpack[Options]
     ) -> Embeddings:
-        request = build_request(
-            model,
-            images,
-            normalize=normalize,
-            aggregate=aggregate,
-            normalize_aggregate=normalize_aggregate,
-            aggregate_only=aggregate_only,
-        )
-        return to_numpy(await self._call(self.stub.Embed, request))
+        return to_numpy(await self._call(self.stub.Embed, build_request(model, images, **options)))
 
     async def embed_text(self, model: str, texts: Sequence[str], *, normalize: bool = False) -> Embeddings:
         request = pb.EmbedTextRequest(model=model, texts=list(texts), normalize=normalize)
