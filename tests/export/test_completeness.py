@@ -29,7 +29,7 @@ def committed_models() -> list[str]:
 
 COMMITTED = committed_models()
 # Written by `python -m export`, not committed (the text tower's section names its files' hashes).
-EXPORT_ONLY_FIELDS = ("onnx_sha256", "provenance", "parity", "text")
+EXPORT_ONLY_FIELDS = ("onnx_sha256", "provenance", "parity", "text", "golden")
 # Committed model -> the fixture holding a full-size random-init export of its hub id.
 EXPORT_FIXTURES = {
     "clip-vit-base-patch32": "clip_b32_dir",
