@@ -162,16 +162,14 @@ class Engine:
         self._check_images(sources, options)
         await self._ready(entry, IMAGE)
         preprocessor = self._preprocessors[entry.name]
-
-        def prepare(index: int) -> np.ndarray:
-            try:
-                data = self.reader.read(sources[index], index)
-                with self.turns.decode():
-                    return preprocessor(decode(data, self.limits))
-            except InvalidImage as exc:
-                raise exc.at(index) from None
-
-        vectors = await self._infer(entry, IMAGE, len(sources), prepare, deadline)
+        vectors = await self._infer(
+            entry,
+            IMAGE,
+            len(sources),
+            lambda index: self.reader.read(sources[index], index),
+            lambda data: preprocessor(decode(data, self.limits)),
+            deadline,
+        )
         return self._post(entry, vectors, options)
 
     async def embed_text(
@@ -181,12 +179,9 @@ class Engine:
         self._check_texts(entry, texts)
         tokenizer = (await self._ready(entry, TEXT)).tokenizer
         assert tokenizer is not None  # a text graph loads with its tokenizer
-
-        def prepare(index: int) -> np.ndarray:
-            with self.turns.decode():
-                return tokenizer.encode([texts[index]])[0]
-
-        vectors = await self._infer(entry, TEXT, len(texts), prepare, deadline)
+        vectors = await self._infer(
+            entry, TEXT, len(texts), texts.__getitem__, lambda text: tokenizer.encode([text])[0], deadline
+        )
         return self._post(entry, vectors, EmbedOptions(normalize=normalize))
 
     async def _ready(self, entry: ModelEntry, modality: str) -> Loaded:
@@ -200,20 +195,33 @@ class Engine:
         entry: ModelEntry,
         modality: str,
         count: int,
-        prepare: Callable[[int], Any],
+        read: Callable[[int], Any],
+        prepare: Callable[[Any], Any],
         deadline: float | None,
     ) -> np.ndarray:
-        """Admission, each item prepared in the pool, the batcher, the vectors in order."""
+        """Admission; each item read, then prepared in the pool during a decode turn (decode and
+        preprocess, or tokenize); the batcher; the vectors in order. An InvalidImage is placed
+        at its index."""
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
         batcher = self.batcher(entry.name, modality)
         cancelled = threading.Event()
 
+        def check() -> None:
+            if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                raise DeadlineExpired(
+                    "deadline passed or call cancelled before preparing"
+                )  # no work for the dead
+
         def one(index: int) -> Any:
-            for _ in range(2):  # before waiting for the turn, and again once it came (a batch may have run)
-                if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                    raise DeadlineExpired("deadline passed or call cancelled before preparing")
-            return prepare(index)
+            check()
+            try:
+                item = read(index)
+                with self.turns.decode():
+                    check()  # again: the turn may have come after a whole batch's run
+                    return prepare(item)
+            except InvalidImage as exc:
+                raise exc.at(index) from None
 
         with batcher.admit(count) as admission:
             preparing = [self.pool.submit(one, i) for i in range(count)]

@@ -91,7 +91,7 @@ def load_golden(path: Path, sha256: str) -> GoldenSet:
     if actual != sha256:
         raise GoldenError(f"{path.name} sha256 {actual[:16]}... does not match model.json ({sha256})")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path) as data:  # numpy refuses pickled objects by default
             names = [str(n) for n in data["names"]]
             images = [data[f"image_{i}"].tobytes() for i in range(len(names))]
             vectors = np.asarray(data["vectors"], dtype=np.float64)
@@ -114,6 +114,10 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def compare(served: np.ndarray, reference: np.ndarray, names: list[str]) -> tuple[float, str]:
     """Max-abs of the L2-normalised vectors, and which input it is."""
+    if served.shape != reference.shape:
+        raise GoldenError(
+            f"the graph gave {list(served.shape)} for the golden inputs, the references are {list(reference.shape)}"
+        )
     diffs = np.abs(_unit(served) - _unit(reference)).max(axis=-1)
     worst = int(np.argmax(diffs))
     return float(diffs[worst]), names[worst]

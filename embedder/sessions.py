@@ -216,17 +216,17 @@ class SessionCache:
             return
         try:
             golden = load_golden(entry.directory / golden_spec.file, golden_spec.sha256)
+            if modality == TEXT:
+                tokenizer = loaded.tokenizer
+                assert tokenizer is not None
+                if not golden.texts:
+                    self.checks[graph] = SelfCheck("not self-checked")
+                    return
+                check = measure(lambda: check_texts(golden, tokenizer, loaded.session), len(golden.texts))
+            else:
+                check = measure(lambda: check_images(golden, entry.spec, loaded.session), len(golden.images))
         except GoldenError as exc:
             raise ModelUnavailable(f"model {entry.name!r}: golden set refused: {exc}") from None
-        if modality == TEXT:
-            tokenizer = loaded.tokenizer
-            assert tokenizer is not None
-            if not golden.texts:
-                self.checks[graph] = SelfCheck("not self-checked")
-                return
-            check = measure(lambda: check_texts(golden, tokenizer, loaded.session), len(golden.texts))
-        else:
-            check = measure(lambda: check_images(golden, entry.spec, loaded.session), len(golden.images))
         if check.state == "failed":
             message = f"model {describe(graph)}: {check.describe()}"
             if not self.allow_golden_mismatch:

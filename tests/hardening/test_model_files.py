@@ -19,6 +19,7 @@ from onnx import TensorProto, helper
 
 from embedder.repository import Repository
 from embedder.spec import SPEC_FILE, SpecError, file_sha256, load_spec, write_spec
+from embedder.v1 import embedder_pb2 as pb
 from tests.hardening.conftest import image_request
 from tests.support.inprocess import serving
 from tests.support.models import CLIP, DINO
@@ -84,20 +85,28 @@ def contract_breaker(kind: str, height: int, width: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
+def break_contract(models: Path, kind: str, keep_golden: bool) -> None:
+    """Replaces tiny-clip's graph by a contract breaker (model.json updated to match it)."""
+    spec = load_spec(models / CLIP / SPEC_FILE)
+    graph = models / CLIP / spec.onnx_file
+    onnx.save(contract_breaker(kind, *spec.preprocessing.input_size()), graph)
+    update = {"embedding_dim": 3, "onnx_sha256": file_sha256(graph), "parity": None, "text": None}
+    write_spec(
+        spec.model_copy(update=update if keep_golden else {**update, "golden": None}),
+        models / CLIP / SPEC_FILE,
+    )
+
+
 @pytest.mark.parametrize(
     ("kind", "why"), [("rows", "gave [1, 3] for a batch of 2"), ("fails", "failed on a batch of 2")]
 )
 def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(
     tiny_models: Path, tmp_path: Path, good_jpeg: bytes, kind: str, why: str
 ) -> None:
+    """Without a golden set (an export older than the self-check) nothing at load runs a batch
+    of more than one: the contract is held on the batch that breaks it."""
     models = copy_models(tiny_models, tmp_path / "models")
-    spec = load_spec(models / CLIP / SPEC_FILE)
-    graph = models / CLIP / spec.onnx_file
-    onnx.save(contract_breaker(kind, *spec.preprocessing.input_size()), graph)
-    write_spec(
-        spec.model_copy(update={"embedding_dim": 3, "onnx_sha256": file_sha256(graph), "parity": None}),
-        models / CLIP / SPEC_FILE,
-    )
+    break_contract(models, kind, keep_golden=False)
     with serving(models) as served:
         assert served.vectors(good_jpeg, model=CLIP).shape == (1, 3)  # batch 1: within the contract
         error = served.error(image_request(good_jpeg, good_jpeg))
@@ -105,3 +114,19 @@ def test_a_graph_that_breaks_its_contract_makes_its_model_unavailable(
         assert f"model '{CLIP}'" in str(error.details()) and why in str(error.details())
         assert served.health() == "SERVING"
         assert np.isfinite(served.vectors(good_jpeg, model=DINO)).all()  # the other model serves on
+
+
+@pytest.mark.parametrize("kind", ["rows", "fails"])
+def test_the_golden_self_check_refuses_such_a_graph_at_load(
+    tiny_models: Path, tmp_path: Path, good_jpeg: bytes, kind: str
+) -> None:
+    """With its golden set, the same graph never serves: the golden images go through it as a
+    batch of four when it loads."""
+    models = copy_models(tiny_models, tmp_path / "models")
+    break_contract(models, kind, keep_golden=True)
+    with serving(models) as served:
+        error = served.error(image_request(good_jpeg))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, (error.code(), error.details())
+        assert f"model '{CLIP}'" in str(error.details())
+        assert served.models()[CLIP].state == pb.MODEL_STATE_UNAVAILABLE
+        assert np.isfinite(served.vectors(good_jpeg, model=DINO)).all()
