@@ -121,7 +121,8 @@ def build_spec(
         onnx_file=ONNX_FILE,
         onnx_sha256=file_sha256(out / ONNX_FILE),
         preprocessing=preprocessing_from_processor(loaded.processor),
-        batch_invariant=quantization is None,
+        # int8 too: its activation scales are per token (export/quantize.py); the gate requires it.
+        batch_invariant=True,
         provenance=Provenance(
             source=source,
             weights="random-init" if args.random_init else "pretrained",
