@@ -89,6 +89,7 @@ def model_info(entry: ModelEntry) -> pb.ModelInfo:
         text_onnx_sha256=spec.text.onnx_sha256 if spec.text else "",
         tokenizer_sha256=spec.text.tokenizer_sha256 if spec.text else "",
         text_parity_verified=spec.text.verified if spec.text else False,
+        batch_invariant=spec.batch_invariant,
     )
 
 

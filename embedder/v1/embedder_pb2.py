@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedder/v1/embedder.proto\x12\x0b\x65mbedder.v1\"1\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xb6\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.embedder.v1.Image\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12+\n\taggregate\x18\x04 \x01(\x0e\x32\x18.embedder.v1.Aggregation\x12\x1b\n\x13normalize_aggregate\x18\x05 \x01(\x08\x12\x16\n\x0e\x61ggregate_only\x18\x06 \x01(\x08\"C\n\x10\x45mbedTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"\xc1\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x13\n\x0bonnx_sha256\x18\x06 \x01(\t\x12\x1c\n\x14preprocessing_sha256\x18\x07 \x01(\t\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12\x17\n\x0fparity_verified\x18\t \x01(\x08\x12\x0e\n\x06source\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x12\n\nmodalities\x18\x0c \x03(\t\x12\x18\n\x10text_onnx_sha256\x18\r \x01(\t\x12\x18\n\x10tokenizer_sha256\x18\x0e \x01(\t\x12\x1c\n\x14text_parity_verified\x18\x0f \x01(\x08\"\x8d\x01\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.embedder.v1.Embedding\x12)\n\taggregate\x18\x02 \x01(\x0b\x32\x16.embedder.v1.Embedding\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.embedder.v1.ModelInfo\"\x13\n\x11ListModelsRequest\"\xf8\x01\n\x0bModelStatus\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.embedder.v1.ModelInfo\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.embedder.v1.ModelState\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\x12\x12\n\nonnx_bytes\x18\x06 \x01(\x03\x12&\n\x04text\x18\x07 \x01(\x0b\x32\x18.embedder.v1.GraphStatus\x12*\n\nself_check\x18\x08 \x01(\x0b\x32\x16.embedder.v1.SelfCheck\"\xaa\x01\n\x0bGraphStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.embedder.v1.ModelState\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\x12\x12\n\nonnx_bytes\x18\x05 \x01(\x03\x12*\n\nself_check\x18\x06 \x01(\x0b\x32\x16.embedder.v1.SelfCheck\"n\n\tSelfCheck\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07max_abs\x18\x02 \x01(\x01\x12\r\n\x05worst\x18\x03 \x01(\t\x12\x0e\n\x06inputs\x18\x04 \x01(\x05\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x11\n\tcpu_flags\x18\x06 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.embedder.v1.ModelStatus*9\n\x0b\x41ggregation\x12\x14\n\x10\x41GGREGATION_NONE\x10\x00\x12\x14\n\x10\x41GGREGATION_MEAN\x10\x01*\x93\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x17\n\x13MODEL_STATE_LOADING\x10\x03\x12\x17\n\x13MODEL_STATE_SERVING\x10\x04\x32\xe1\x01\n\x08\x45mbedder\x12>\n\x05\x45mbed\x12\x19.embedder.v1.EmbedRequest\x1a\x1a.embedder.v1.EmbedResponse\x12M\n\nListModels\x12\x1e.embedder.v1.ListModelsRequest\x1a\x1f.embedder.v1.ListModelsResponse\x12\x46\n\tEmbedText\x12\x1d.embedder.v1.EmbedTextRequest\x1a\x1a.embedder.v1.EmbedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65mbedder/v1/embedder.proto\x12\x0b\x65mbedder.v1\"1\n\x05Image\x12\x0e\n\x04\x64\x61ta\x18\x01 \x01(\x0cH\x00\x12\x0e\n\x04path\x18\x02 \x01(\tH\x00\x42\x08\n\x06source\"\xb6\x01\n\x0c\x45mbedRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\"\n\x06images\x18\x02 \x03(\x0b\x32\x12.embedder.v1.Image\x12\x11\n\tnormalize\x18\x03 \x01(\x08\x12+\n\taggregate\x18\x04 \x01(\x0e\x32\x18.embedder.v1.Aggregation\x12\x1b\n\x13normalize_aggregate\x18\x05 \x01(\x08\x12\x16\n\x0e\x61ggregate_only\x18\x06 \x01(\x08\"C\n\x10\x45mbedTextRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05texts\x18\x02 \x03(\t\x12\x11\n\tnormalize\x18\x03 \x01(\x08\"\x1f\n\tEmbedding\x12\x12\n\x06values\x18\x01 \x03(\x02\x42\x02\x10\x01\"\xda\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x0e\n\x06\x66\x61mily\x18\x03 \x01(\t\x12\x0f\n\x07pooling\x18\x04 \x01(\t\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x13\n\x0bonnx_sha256\x18\x06 \x01(\t\x12\x1c\n\x14preprocessing_sha256\x18\x07 \x01(\t\x12\x0f\n\x07weights\x18\x08 \x01(\t\x12\x17\n\x0fparity_verified\x18\t \x01(\x08\x12\x0e\n\x06source\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x12\n\nmodalities\x18\x0c \x03(\t\x12\x18\n\x10text_onnx_sha256\x18\r \x01(\t\x12\x18\n\x10tokenizer_sha256\x18\x0e \x01(\t\x12\x1c\n\x14text_parity_verified\x18\x0f \x01(\x08\x12\x17\n\x0f\x62\x61tch_invariant\x18\x10 \x01(\x08\"\x8d\x01\n\rEmbedResponse\x12*\n\nembeddings\x18\x01 \x03(\x0b\x32\x16.embedder.v1.Embedding\x12)\n\taggregate\x18\x02 \x01(\x0b\x32\x16.embedder.v1.Embedding\x12%\n\x05model\x18\x03 \x01(\x0b\x32\x16.embedder.v1.ModelInfo\"\x13\n\x11ListModelsRequest\"\xf8\x01\n\x0bModelStatus\x12$\n\x04info\x18\x01 \x01(\x0b\x32\x16.embedder.v1.ModelInfo\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.embedder.v1.ModelState\x12\x0e\n\x06loaded\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\x12\x12\n\nonnx_bytes\x18\x06 \x01(\x03\x12&\n\x04text\x18\x07 \x01(\x0b\x32\x18.embedder.v1.GraphStatus\x12*\n\nself_check\x18\x08 \x01(\x0b\x32\x16.embedder.v1.SelfCheck\"\xaa\x01\n\x0bGraphStatus\x12&\n\x05state\x18\x01 \x01(\x0e\x32\x17.embedder.v1.ModelState\x12\x0e\n\x06loaded\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x14\n\x0cload_seconds\x18\x04 \x01(\x01\x12\x12\n\nonnx_bytes\x18\x05 \x01(\x03\x12*\n\nself_check\x18\x06 \x01(\x0b\x32\x16.embedder.v1.SelfCheck\"n\n\tSelfCheck\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0f\n\x07max_abs\x18\x02 \x01(\x01\x12\r\n\x05worst\x18\x03 \x01(\t\x12\x0e\n\x06inputs\x18\x04 \x01(\x05\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x11\n\tcpu_flags\x18\x06 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.embedder.v1.ModelStatus*9\n\x0b\x41ggregation\x12\x14\n\x10\x41GGREGATION_NONE\x10\x00\x12\x14\n\x10\x41GGREGATION_MEAN\x10\x01*\x93\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STATE_UNAVAILABLE\x10\x01\x12\x19\n\x15MODEL_STATE_AVAILABLE\x10\x02\x12\x17\n\x13MODEL_STATE_LOADING\x10\x03\x12\x17\n\x13MODEL_STATE_SERVING\x10\x04\x32\xe1\x01\n\x08\x45mbedder\x12>\n\x05\x45mbed\x12\x19.embedder.v1.EmbedRequest\x1a\x1a.embedder.v1.EmbedResponse\x12M\n\nListModels\x12\x1e.embedder.v1.ListModelsRequest\x1a\x1f.embedder.v1.ListModelsResponse\x12\x46\n\tEmbedText\x12\x1d.embedder.v1.EmbedTextRequest\x1a\x1a.embedder.v1.EmbedResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,10 +33,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._loaded_options = None
   _globals['_EMBEDDING'].fields_by_name['values']._serialized_options = b'\020\001'
-  _globals['_AGGREGATION']._serialized_start=1470
-  _globals['_AGGREGATION']._serialized_end=1527
-  _globals['_MODELSTATE']._serialized_start=1530
-  _globals['_MODELSTATE']._serialized_end=1677
+  _globals['_AGGREGATION']._serialized_start=1495
+  _globals['_AGGREGATION']._serialized_end=1552
+  _globals['_MODELSTATE']._serialized_start=1555
+  _globals['_MODELSTATE']._serialized_end=1702
   _globals['_IMAGE']._serialized_start=43
   _globals['_IMAGE']._serialized_end=92
   _globals['_EMBEDREQUEST']._serialized_start=95
@@ -46,19 +46,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDDING']._serialized_start=348
   _globals['_EMBEDDING']._serialized_end=379
   _globals['_MODELINFO']._serialized_start=382
-  _globals['_MODELINFO']._serialized_end=703
-  _globals['_EMBEDRESPONSE']._serialized_start=706
-  _globals['_EMBEDRESPONSE']._serialized_end=847
-  _globals['_LISTMODELSREQUEST']._serialized_start=849
-  _globals['_LISTMODELSREQUEST']._serialized_end=868
-  _globals['_MODELSTATUS']._serialized_start=871
-  _globals['_MODELSTATUS']._serialized_end=1119
-  _globals['_GRAPHSTATUS']._serialized_start=1122
-  _globals['_GRAPHSTATUS']._serialized_end=1292
-  _globals['_SELFCHECK']._serialized_start=1294
-  _globals['_SELFCHECK']._serialized_end=1404
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1406
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1468
-  _globals['_EMBEDDER']._serialized_start=1680
-  _globals['_EMBEDDER']._serialized_end=1905
+  _globals['_MODELINFO']._serialized_end=728
+  _globals['_EMBEDRESPONSE']._serialized_start=731
+  _globals['_EMBEDRESPONSE']._serialized_end=872
+  _globals['_LISTMODELSREQUEST']._serialized_start=874
+  _globals['_LISTMODELSREQUEST']._serialized_end=893
+  _globals['_MODELSTATUS']._serialized_start=896
+  _globals['_MODELSTATUS']._serialized_end=1144
+  _globals['_GRAPHSTATUS']._serialized_start=1147
+  _globals['_GRAPHSTATUS']._serialized_end=1317
+  _globals['_SELFCHECK']._serialized_start=1319
+  _globals['_SELFCHECK']._serialized_end=1429
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1431
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1493
+  _globals['_EMBEDDER']._serialized_start=1705
+  _globals['_EMBEDDER']._serialized_end=1930
 # @@protoc_insertion_point(module_scope)

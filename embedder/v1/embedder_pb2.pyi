@@ -68,7 +68,7 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "aliases", "family", "pooling", "dim", "onnx_sha256", "preprocessing_sha256", "weights", "parity_verified", "source", "quantization", "modalities", "text_onnx_sha256", "tokenizer_sha256", "text_parity_verified")
+    __slots__ = ("name", "aliases", "family", "pooling", "dim", "onnx_sha256", "preprocessing_sha256", "weights", "parity_verified", "source", "quantization", "modalities", "text_onnx_sha256", "tokenizer_sha256", "text_parity_verified", "batch_invariant")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,7 @@ class ModelInfo(_message.Message):
     TEXT_ONNX_SHA256_FIELD_NUMBER: _ClassVar[int]
     TOKENIZER_SHA256_FIELD_NUMBER: _ClassVar[int]
     TEXT_PARITY_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INVARIANT_FIELD_NUMBER: _ClassVar[int]
     name: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     family: str
@@ -99,7 +100,8 @@ class ModelInfo(_message.Message):
     text_onnx_sha256: str
     tokenizer_sha256: str
     text_parity_verified: bool
-    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., pooling: _Optional[str] = ..., dim: _Optional[int] = ..., onnx_sha256: _Optional[str] = ..., preprocessing_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., parity_verified: _Optional[bool] = ..., source: _Optional[str] = ..., quantization: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., text_onnx_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., text_parity_verified: _Optional[bool] = ...) -> None: ...
+    batch_invariant: bool
+    def __init__(self, name: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., family: _Optional[str] = ..., pooling: _Optional[str] = ..., dim: _Optional[int] = ..., onnx_sha256: _Optional[str] = ..., preprocessing_sha256: _Optional[str] = ..., weights: _Optional[str] = ..., parity_verified: _Optional[bool] = ..., source: _Optional[str] = ..., quantization: _Optional[str] = ..., modalities: _Optional[_Iterable[str]] = ..., text_onnx_sha256: _Optional[str] = ..., tokenizer_sha256: _Optional[str] = ..., text_parity_verified: _Optional[bool] = ..., batch_invariant: _Optional[bool] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "aggregate", "model")
