@@ -67,7 +67,21 @@ lint: venv
 	$(BIN)/ruff check --quiet $(LINTED)
 	$(BIN)/mypy
 
+# The int8 variants measured beside their fp32 models; exported (or re-exported when an older
+# quantisation scheme is found) like the models target: from the hub, else random-init with the
+# same seed as the fp32 builds.
+INT8_MODELS := clip-vit-base-patch32-int8=openai/clip-vit-base-patch32=clip dinov2-small-int8=facebook/dinov2-small=dinov2
 bench: models
+	@for entry in $(INT8_MODELS); do \
+	  IFS== read -r name hub family <<< "$$entry"; \
+	  if $(BIN)/python -m bench.int8 $(MODELS_DIR)/$$name; then echo "$$name: exported and verified"; continue; fi; \
+	  if $(BIN)/python -m export.hub_reachable $$hub; then \
+	    $(BIN)/python -m export $$family $$hub --quantize int8 --out $(MODELS_DIR)/$$name || exit 1; \
+	  else \
+	    echo "$$name: hub unreachable -> RANDOM-INIT build of $$hub (not pretrained), int8"; \
+	    $(BIN)/python -m export $$family $$hub --random-init --seed 0 --quantize int8 --out $(MODELS_DIR)/$$name || exit 1; \
+	  fi; \
+	done
 	$(BIN)/python -m bench --models-dir $(MODELS_DIR)
 
 # A random atheris campaign over the decode path (not part of `make test`): FUZZ_S seconds.

@@ -21,6 +21,7 @@ from export.spec_writer import library_versions
 from tests.support.images import photo_jpeg
 from tests.support.processes import ServerProcess
 
+from . import int8 as int8_bench
 from . import measure
 from .report import render
 from .service import bench_server, run_load
@@ -80,6 +81,7 @@ def bench_model(
     entry = repo.entries[name]
     result: dict[str, object] = {
         "model": name,
+        "family": entry.spec.family,
         "weights": entry.spec.weights_kind,
         "dim": entry.spec.embedding_dim,
     }
@@ -108,7 +110,13 @@ def bench_model(
     )
     int8 = repo.entries.get(f"{name}-int8")
     if int8 is not None and int8.onnx_path.exists():
-        result["int8"] = {"ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds)}
+        result["int8"] = {
+            "model": int8.name,
+            "batch_invariant": int8.spec.batch_invariant,
+            "quantization": int8.spec.provenance.quantization if int8.spec.provenance else None,
+            "min_cosine_to_fp32": int8.spec.parity.min_cosine if int8.spec.parity else None,
+            "ceiling_default": measure.ceiling(int8.onnx_path, int8.spec, seconds),
+        }
     return result
 
 
@@ -143,17 +151,31 @@ def paired_rounds(
     return out
 
 
-def bench_int8_service(
-    models_dir: Path, name: str, frames: Path, scratch: Path, seconds: float
-) -> list[dict[str, object]]:
-    """The int8 variant served alone (its own server, so the fp32 pair's memory figure stays theirs)."""
-    scratch.mkdir()
-    (scratch / name).symlink_to((models_dir / name).resolve())
-    with bench_server(scratch, scratch.with_suffix(".log")) as (server, _):
-        return [
-            run_load(server.address, name, frames, c, 1, seconds * 1.5, warmup=min(2.0, seconds / 2))
-            for c in (1, 16)
-        ]
+def bench_int8(
+    repo: Repository,
+    models_dir: Path,
+    model: dict[str, object],
+    fp32_server: ServerProcess,
+    frames: list[bytes],
+    frames_dir: Path,
+    seconds: float,
+    scratch: Path,
+) -> None:
+    """The int8 variant on a server of its own, measured in alternation with the fp32 service (up
+    beside it) and the PyTorch pipeline (bench/int8.py)."""
+    name = str(model["model"])
+    int8_name = f"{name}-int8"
+    entries = {"fp32": repo.entries[name], "int8": repo.entries[int8_name]}
+    torch_single = measure.torch_runner(entries["fp32"].spec, frames, scratch / f"{int8_name}-torch")
+    with int8_bench.int8_server(models_dir, int8_name, scratch) as server:
+        servers = {"fp32": (fp32_server, name), "int8": (server, int8_name)}
+        rounds = int8_bench.paired_rounds(
+            servers, entries, torch_single, frames_dir, seconds, int8_bench.ROUNDS if seconds >= 5 else 1
+        )
+    int8: dict[str, object] = model["int8"]  # type: ignore[assignment]
+    int8["paired"] = rounds
+    int8["service"] = int8_bench.summary(rounds, "int8")
+    int8["fp32_service"] = int8_bench.summary(rounds, "fp32")
 
 
 def main() -> int:
@@ -193,11 +215,9 @@ def main() -> int:
             time.sleep(results["rss_at_rest_after_s"])  # type: ignore[arg-type]
             results["rss_at_rest_mb"] = server.rss_mib()
             results["onnx_mb"] = {n: repo.entries[n].onnx_path.stat().st_size / 2**20 for n in names}
-        for model in results["models"]:  # type: ignore[attr-defined]
-            if "int8" in model:
-                model["int8"]["service"] = bench_int8_service(
-                    args.models_dir, f"{model['model']}-int8", dirs["frames"], scratch / "int8", seconds
-                )
+            for model in results["models"]:  # type: ignore[attr-defined]
+                if "int8" in model:
+                    bench_int8(repo, args.models_dir, model, server, frames, dirs["frames"], seconds, scratch)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if args.smoke else ""
     (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -27,8 +27,9 @@ def rate(step: Callable[[], int], seconds: float, warmup: int = 1) -> tuple[floa
     return items / elapsed, elapsed / calls
 
 
-def torch_pipeline(spec: ModelSpec, images: list[bytes], seconds: float, scratch: Path) -> dict[str, float]:
-    """HF slow processor + PyTorch eager, as the pipeline ran it: one image at a time, and batches of 8."""
+def torch_runner(spec: ModelSpec, images: list[bytes], scratch: Path) -> Callable[[int], int]:
+    """HF slow processor + PyTorch eager, as the pipeline ran it: `run(count)` embeds the next
+    `count` images as one batch and returns `count`."""
     import torch
     from PIL import Image
 
@@ -49,6 +50,12 @@ def torch_pipeline(spec: ModelSpec, images: list[bytes], seconds: float, scratch
         return count
 
     torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    return run
+
+
+def torch_pipeline(spec: ModelSpec, images: list[bytes], seconds: float, scratch: Path) -> dict[str, float]:
+    """The PyTorch pipeline one image at a time, and in batches of 8."""
+    run = torch_runner(spec, images, scratch)
     single, _ = rate(lambda: run(1), seconds)
     batched, _ = rate(lambda: run(8), seconds)
     return {"one_at_a_time_images_per_s": single, "batch8_images_per_s": batched}

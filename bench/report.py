@@ -25,12 +25,27 @@ def _ratios(m: dict[str, Any]) -> dict[str, float]:
         int8 = m["int8"]["ceiling_default"]
         out["int8_b1_over_fp32_b1"] = int8["batch1"]["images_per_s"] / ceiling["batch1"]["images_per_s"]
         out["int8_b1_over_fp32_b8"] = int8["batch1"]["images_per_s"] / ceiling["batch8"]["images_per_s"]
-        int8_c16 = [s for s in m["int8"].get("service", []) if s["concurrency"] == 16]
-        if int8_c16:  # not a target: int8 is not the parity-exact model, its gate is cosine >= 0.995
-            out["int8_service_c16_over_pytorch_single"] = (
-                int8_c16[0]["images_per_s"] / m["pytorch"]["one_at_a_time_images_per_s"]
-            )
+        out.update(_int8_ratios(m["int8"].get("paired", [])))
     return out
+
+
+def _int8_ratios(paired: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean over mean of the rounds in which int8, fp32 and PyTorch alternated (bench/int8.py)."""
+    if not paired:
+        return {}
+
+    def avg(side: str, key: str) -> float:
+        return mean(float(r[side][key]) for r in paired)
+
+    int8_c16 = avg("int8_c16", "images_per_s")
+    return {
+        "int8_service_c16_over_fp32_service_c16": int8_c16 / avg("fp32_c16", "images_per_s"),
+        "int8_service_c16_over_pytorch_single": int8_c16
+        / mean(r["pytorch_single_images_per_s"] for r in paired),
+        "int8_p50_c1_over_fp32_p50_c1": avg("int8_c1", "p50_ms") / avg("fp32_c1", "p50_ms"),
+        "int8_b8_over_fp32_b8_model_only": mean(r["int8_b8_images_per_s"] for r in paired)
+        / mean(r["fp32_b8_images_per_s"] for r in paired),
+    }
 
 
 TARGETS = {
@@ -38,13 +53,24 @@ TARGETS = {
     "service_c16_over_pytorch_single": (">=", 2.6),
     "p50_c1_over_b1_plus_decode": ("<=", 1.25),
     "int8_b1_over_fp32_b1": (">=", 1.4),
+    "int8_service_c16_over_fp32_service_c16": (">=", 2.0),
+    "int8_service_c16_over_pytorch_single": (">=", 3.0),
+    "int8_p50_c1_over_fp32_p50_c1": ("<=", 0.7),
+}
+# Where a family's target differs (None: no target for that family).
+FAMILY_TARGETS: dict[str, dict[str, tuple[str, float] | None]] = {
+    "dinov2": {
+        "int8_service_c16_over_fp32_service_c16": (">=", 1.6),
+        "int8_service_c16_over_pytorch_single": None,
+    },
 }
 
 
-def _verdict(key: str, value: float) -> str:
-    if key not in TARGETS:
+def _verdict(key: str, value: float, family: str = "") -> str:
+    targets = {**TARGETS, **FAMILY_TARGETS.get(family, {})}
+    if targets.get(key) is None:
         return ""
-    op, target = TARGETS[key]
+    op, target = targets[key]  # type: ignore[misc]
     ok = value >= target if op == ">=" else value <= target
     return f"{op} {target}: {'met' if ok else 'NOT met'}"
 
@@ -77,11 +103,15 @@ def _model_section(m: dict[str, Any]) -> list[str]:
         lines.append(
             f"| this service over gRPC | {setting}{note} | {s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |"
         )
-    for s in m.get("int8", {}).get("service", []):
-        lines.append(
-            f"| this service over gRPC, int8 variant served alone | concurrency {s['concurrency']}, 1 image(s)/request | "
-            f"{s['images_per_s']:.2f} | {s['p50_ms']:.1f} | {s['p99_ms']:.1f} |"
-        )
+    int8 = m.get("int8", {})
+    rounds = len(int8.get("paired", []))
+    for label, key in (("fp32", "fp32_service"), ("int8 variant, a server of its own", "service")):
+        for s in int8.get(key, []):
+            lines.append(
+                f"| this service over gRPC, {label}, in the int8 rounds (mean of {rounds}) | "
+                f"concurrency {s['concurrency']}, 1 image(s)/request | {s['images_per_s']:.2f} | "
+                f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} |"
+            )
     photos = m.get("service_large_photos")
     if photos:
         lines.append(
@@ -98,10 +128,33 @@ def _model_section(m: dict[str, Any]) -> list[str]:
     for i, r in enumerate(m["paired_c16"], 1):
         ceil, svc = r["ceiling_b8_images_per_s"], r["service_c16_images_per_s"]
         lines.append(f"| {i} | {ceil:.2f} | {svc:.2f} | {svc / ceil:.3f} |")
+    if int8.get("paired"):
+        lines += _int8_rounds(int8)
     lines += ["", "| ratio | value | target |", "|---|---:|---|"]
     for key, value in _ratios(m).items():
-        lines.append(f"| {key} | {value:.3f} | {_verdict(key, value)} |")
+        lines.append(f"| {key} | {value:.3f} | {_verdict(key, value, m.get('family', ''))} |")
     return lines + [""]
+
+
+def _int8_rounds(int8: dict[str, Any]) -> list[str]:
+    cosine = int8.get("min_cosine_to_fp32")
+    header = (
+        f"int8 variant {int8['model']}: {int8.get('quantization')}; min cosine to fp32 on the gate's "
+        f"images {cosine if cosine is None else f'{cosine:.5f}'}; batch-invariant {int8.get('batch_invariant')}."
+    )
+    columns = ("round", "PyTorch 1 at a time", "fp32 c16", "int8 c16", "int8/fp32 c16")
+    columns += ("fp32 p50 c1 ms", "int8 p50 c1 ms", "fp32 b8", "int8 b8")
+    lines = ["", header, "PyTorch one at a time, the fp32 and int8 services (concurrency 16 and 1) and both"]
+    lines += ["graphs alone (batch 8, ORT defaults), measured in alternation:", ""]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    for i, r in enumerate(int8["paired"], 1):
+        f16, i16 = r["fp32_c16"]["images_per_s"], r["int8_c16"]["images_per_s"]
+        lines.append(
+            f"| {i} | {r['pytorch_single_images_per_s']:.2f} | {f16:.2f} | {i16:.2f} | {i16 / f16:.3f} | "
+            f"{r['fp32_c1']['p50_ms']:.1f} | {r['int8_c1']['p50_ms']:.1f} | {r['fp32_b8_images_per_s']:.2f} | "
+            f"{r['int8_b8_images_per_s']:.2f} |"
+        )
+    return lines
 
 
 def _text_section(t: dict[str, Any]) -> list[str]:

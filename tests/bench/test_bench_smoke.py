@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 def test_bench_smoke_run_measures_every_side(
     models_root: Path, tmp_path: Path, export_model: ExportCli
 ) -> None:
-    int8 = models_root / "tiny-clip-int8"
-    exported = export_model("clip", "tiny-clip", int8, "--random-init", "--quantize", "int8", "--no-huge")
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    for family, arch in (("clip", "tiny-clip"), ("dinov2", "tiny-dinov2")):
+        int8 = models_root / f"{arch}-int8"
+        exported = export_model(family, arch, int8, "--random-init", "--quantize", "int8", "--no-huge")
+        assert exported.returncode == 0, exported.stderr[-3000:]
     out = tmp_path / "bench"
     command = [
         sys.executable,
@@ -47,9 +48,16 @@ def test_bench_smoke_run_measures_every_side(
         assert model["pytorch"]["one_at_a_time_images_per_s"] > 0
         assert set(model["ceiling_default"]) == {"batch1", "batch8", "batch32"}
         assert model["paired_c16"] and all(v > 0 for r in model["paired_c16"] for v in r.values())
-        int8_runs = model.get("int8", {}).get("service", [])
-        assert [r["concurrency"] for r in int8_runs] == ([1, 16] if model["model"] == "tiny-clip" else [])
-        for run in model["service"] + int8_runs:
+        int8 = model["int8"]  # both int8 variants: served by their own server, beside fp32 and PyTorch
+        assert int8["model"] == f"{model['model']}-int8" and int8["batch_invariant"] is True
+        assert (
+            [r["concurrency"] for r in int8["service"]]
+            == [1, 16]
+            == [r["concurrency"] for r in int8["fp32_service"]]
+        )
+        (paired,) = int8["paired"]  # one alternating round in a smoke run
+        assert paired["pytorch_single_images_per_s"] > 0 and paired["int8_b8_images_per_s"] > 0
+        for run in model["service"] + int8["service"] + int8["fp32_service"]:
             assert run["codes"].get("OK", 0) > 0 and set(run["codes"]) == {"OK"}, run
     text = results["text"]  # the tiny CLIP has a text tower
     assert text["model"] == "tiny-clip" and text["texts"] == 64 and 5 <= text["tokens_min_max"][0]
@@ -65,8 +73,12 @@ def test_bench_smoke_run_measures_every_side(
         "service_c16_over_pytorch_single",
         "p50_c1_over_b1_plus_decode",
         "measured in alternation",
-        "int8 variant served alone",
+        "int8 variant, a server of its own",
         "int8_service_c16_over_pytorch_single",
+        "| int8_service_c16_over_fp32_service_c16 |",
+        "| int8_p50_c1_over_fp32_p50_c1 |",
+        ">= 1.6:",  # DINOv2's own int8 target
+        "int8 variant tiny-dinov2-int8",
         "Cold start to SERVING",
         "Resident memory",
         "at rest",
