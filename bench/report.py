@@ -215,7 +215,8 @@ def render(results: dict[str, Any]) -> str:
         "",
         f"- Cold start to SERVING with CLIP preloaded (process spawn -> health SERVING): {results['cold_start_clip_s']:.2f} s (target <= 3 s).",
         (
-            f"- Resident memory with both models loaded and warm: {rss:.0f} MB; onnx files {onnx_total:.0f} MB; "
+            f"- Resident memory with both models loaded and warm: {rss:.0f} MB; graph files loaded {onnx_total:.0f} MB "
+            f"({', '.join(f'{k} {v:.0f}' for k, v in results.get('onnx_mb', {}).items())}); "
             f"budget 1.5 x files + 200 MB = {budget:.0f} MB: {'met' if rss <= budget else 'NOT met'}."
         ),
         (
