@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,6 @@ def _client(args: argparse.Namespace, retries: int = 4) -> Any:
     return EmbedderClient(args.server, timeout=args.timeout, token=token, root_ca=root_ca, retries=retries)
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
-    from .embed_job import run_embed_job
-
-    with _client(args) as client:
-        return run_embed_job(client, args)
-
-
 def cmd_embed_text(args: argparse.Namespace) -> int:
     texts = [line.rstrip("\n") for line in sys.stdin] if args.texts == ["-"] else args.texts
     with _client(args) as client:
@@ -106,20 +99,6 @@ def cmd_embed_text(args: argparse.Namespace) -> int:
     for text, vector in zip(texts, result.embeddings, strict=True):
         print(json.dumps({"text": text, "model": result.model.name, "embedding": vector.tolist()}))
     return 0
-
-
-def cmd_search(args: argparse.Namespace) -> int:
-    from .search import run_search
-
-    with _client(args) as client:
-        return run_search(client, args)
-
-
-def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import run_verify
-
-    with _client(args) as client:
-        return run_verify(client, args)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -139,6 +118,19 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 0 if status == "SERVING" else 1
 
 
+Command = Callable[[argparse.Namespace], int]
+
+
+def _with_client(run: Callable[[Any, argparse.Namespace], int]) -> Command:
+    """A command that runs `run(client, args)` with a client of the command's flags."""
+
+    def command(args: argparse.Namespace) -> int:
+        with _client(args) as client:
+            return run(client, args)
+
+    return command
+
+
 def _client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--server", default=DEFAULT_SERVER, help=f"host:port [env {ENV_PREFIX}SERVER]")
     parser.add_argument("--timeout", type=float, default=60.0, help="deadline per call, seconds")
@@ -154,44 +146,42 @@ def build_parser() -> argparse.ArgumentParser:
     add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 
-    from .embed_job import add_embed_flags
+    from .embed_job import add_embed_flags, run_embed_job
+    from .search import add_search_flags, run_search
+    from .verify import add_verify_flags, run_verify
 
-    embed = commands.add_parser("embed", help="embed image files, folders or globs; print JSON lines")
-    add_embed_flags(embed)
-    _client_flags(embed)
-    embed.set_defaults(func=cmd_embed)
+    def client_command(name: str, help: str, command: Command) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help)
+        _client_flags(sub)
+        sub.set_defaults(func=command)
+        return sub
 
-    embed_text = commands.add_parser("embed-text", help="embed texts (CLIP's text tower); print JSON lines")
+    add_embed_flags(
+        client_command(
+            "embed", "embed image files, folders or globs; print JSON lines", _with_client(run_embed_job)
+        )
+    )
+    embed_text = client_command(
+        "embed-text", "embed texts (CLIP's text tower); print JSON lines", cmd_embed_text
+    )
     embed_text.add_argument(
         "texts", nargs="+", metavar="TEXT", help="texts to embed; - reads one per line from stdin"
     )
     embed_text.add_argument("--model", required=True, help="model name or alias (one with a text tower)")
     embed_text.add_argument("--normalize", action="store_true", help="L2-normalise each vector")
-    _client_flags(embed_text)
-    embed_text.set_defaults(func=cmd_embed_text)
-
-    from .search import add_search_flags
-
-    search = commands.add_parser("search", help="the images of a folder that best match a sentence")
-    add_search_flags(search)
-    _client_flags(search)
-    search.set_defaults(func=cmd_search)
-
-    from .verify import add_verify_flags
-
-    verify = commands.add_parser("verify", help="exit 0 iff the server's vectors match the golden sets")
-    add_verify_flags(verify)
-    _client_flags(verify)
-    verify.set_defaults(func=cmd_verify)
-
-    models = commands.add_parser("models", help="list the server's models as JSON")
-    _client_flags(models)
-    models.set_defaults(func=cmd_models)
-
-    health = commands.add_parser("health", help="exit 0 if the server (or --model) is SERVING")
+    add_search_flags(
+        client_command(
+            "search", "the images of a folder that best match a sentence", _with_client(run_search)
+        )
+    )
+    add_verify_flags(
+        client_command(
+            "verify", "exit 0 iff the server's vectors match the golden sets", _with_client(run_verify)
+        )
+    )
+    client_command("models", "list the server's models as JSON", cmd_models)
+    health = client_command("health", "exit 0 if the server (or --model) is SERVING", cmd_health)
     health.add_argument("--model", help="a model name: its own health")
-    _client_flags(health)
-    health.set_defaults(func=cmd_health)
     return parser
 
 

@@ -207,11 +207,9 @@ class Engine:
         batcher = self.batcher(entry.name, modality)
         cancelled = threading.Event()
 
-        def check() -> None:
+        def check() -> None:  # no work for a call that is gone
             if cancelled.is_set() or (deadline is not None and time.monotonic() >= deadline):
-                raise DeadlineExpired(
-                    "deadline passed or call cancelled before preparing"
-                )  # no work for the dead
+                raise DeadlineExpired("deadline passed or call cancelled before preparing")
 
         def one(index: int) -> Any:
             check()
