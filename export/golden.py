@@ -11,13 +11,9 @@ deployment must reproduce. Four of each keeps the check at load within 0.5 s on 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
 
 from embedder.cpus import plan_threads
 from embedder.golden import GoldenSet, write_golden
@@ -28,9 +24,9 @@ from embedder.text import TextTokenizer, collate
 
 from .families import Loaded
 from .images import ParityImage
-from .parity import Reference, _reference_pixels, torch_reference
+from .parity import Reference, hf_pixels, torch_reference
 from .parity_texts import parity_texts
-from .text import fast_tokenizer
+from .text import fast_tokenizer, torch_text_vector
 
 GOLDEN_FILE = "golden.npz"
 IMAGES = ("photo_640x480.jpg", "rgba_256x192.png", "gray_320x240.jpg", "photo_500x333_lossy.webp")
@@ -68,7 +64,8 @@ def write_golden_set(model_dir: Path, loaded: Loaded, images: list[ParityImage],
             text_vectors = run_text(text_session, *collate(tokenizer.encode(texts), tower.pad_id))
         else:
             fast = fast_tokenizer(loaded.source)
-            text_vectors = np.stack([_torch_text(loaded, fast, text, tower.max_length) for text in texts])
+            tokenized = (fast(text, truncation=True, max_length=tower.max_length) for text in texts)
+            text_vectors = np.stack([torch_text_vector(loaded.model, hf) for hf in tokenized])
     path = model_dir / GOLDEN_FILE
     write_golden(
         path, GoldenSet([i.name for i in chosen], [i.data for i in chosen], vectors, texts, text_vectors)
@@ -79,13 +76,5 @@ def write_golden_set(model_dir: Path, loaded: Loaded, images: list[ParityImage],
 
 
 def _torch_image(loaded: Loaded, reference: Reference, item: ParityImage) -> np.ndarray:
-    pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
-    pixels, _, _ = _reference_pixels(loaded.processor, pil)
+    pixels, _, _ = hf_pixels(item, loaded.processor)
     return reference(pixels, np.zeros(0))
-
-
-def _torch_text(loaded: Loaded, fast: Any, text: str, max_length: int) -> np.ndarray:
-    tokens = fast(text, truncation=True, max_length=max_length, return_tensors="pt")
-    with torch.no_grad():
-        features = loaded.model.get_text_features(**tokens)  # type: ignore[operator]
-    return features[0].numpy()

@@ -223,6 +223,16 @@ def _reference_pixels(processor: object, image: Image.Image) -> tuple[torch.Tens
 Reference = Callable[[torch.Tensor, np.ndarray], np.ndarray]  # (HF pixels, our pixels) -> vector
 
 
+def hf_pixels(item: ParityImage, processor: object) -> tuple[torch.Tensor, str, str]:
+    """The pipeline's pixels for `item`: PIL decode to RGB, then HF's processor (see
+    _reference_pixels for the data format and the note)."""
+    with warnings.catch_warnings():
+        # Pillow's note on palette images with transparency: those images are in the set on purpose.
+        warnings.simplefilter("ignore", UserWarning)
+        pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
+    return _reference_pixels(processor, pil)
+
+
 def torch_reference(loaded: families.Loaded) -> Reference:
     def embed(hf_pixels: torch.Tensor, ours: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -239,11 +249,7 @@ def compare_image(
     pre: Preprocessor,
     session: object,
 ) -> tuple[ImageResult, np.ndarray]:
-    with warnings.catch_warnings():
-        # Pillow's note on palette images with transparency: those images are in the set on purpose.
-        warnings.simplefilter("ignore", UserWarning)
-        pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
-    ref_pixels, data_format, note = _reference_pixels(processor, pil)
+    ref_pixels, data_format, note = hf_pixels(item, processor)
     ours_pixels = pre.from_bytes(item.data)
     ref = reference(ref_pixels, ours_pixels)
     ours = run(session, ours_pixels[None])[0]  # type: ignore[arg-type]

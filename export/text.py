@@ -291,6 +291,16 @@ def _first_difference(ours: list[int], theirs: list[int]) -> str:
     return f"ids differ from transformers' in length (ours {len(ours)}, transformers {len(theirs)})"
 
 
+def torch_text_vector(model: CLIPModel, hf: Any) -> np.ndarray:
+    """PyTorch's `get_text_features` for one text as transformers' tokenizer encoded it."""
+    with torch.no_grad():
+        features = model.get_text_features(
+            input_ids=torch.tensor([hf["input_ids"]]), attention_mask=torch.tensor([hf["attention_mask"]])
+        )
+    vector: np.ndarray = features[0].numpy()
+    return vector
+
+
 def compare_text(
     index: int,
     item: ParityText,
@@ -310,10 +320,7 @@ def compare_text(
     if slow is not None:
         slow_ids = slow(item.text, truncation=True, max_length=tower.max_length)["input_ids"]
         slow_ids = None if slow_ids == hf["input_ids"] else slow_ids
-    with torch.no_grad():
-        reference = model.get_text_features(
-            input_ids=torch.tensor([hf["input_ids"]]), attention_mask=torch.tensor([hf["attention_mask"]])
-        )[0].numpy()
+    reference = torch_text_vector(model, hf)
     error, vector = "", None
     try:
         vector = run_text(session, ids, mask)[0]
