@@ -10,7 +10,7 @@ DEFAULT_MODELS := clip-vit-base-patch32=openai/clip-vit-base-patch32=clip dinov2
 PROTO_GEN = $(BIN)/python -m grpc_tools.protoc -Iproto --python_out=$(1) --pyi_out=$(1) --grpc_python_out=$(1) \
 	--plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=$(1) proto/embedder/v1/embedder.proto
 
-.PHONY: run test venv proto proto-check models lint bench fuzz clean
+.PHONY: run test venv lock proto proto-check models lint bench fuzz clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -20,14 +20,30 @@ $(BIN)/python:
 # PYTHONWARNINGS: setuptools' editable-install notice is not the user's concern.
 # open_clip_torch only for the CLIP BPE merges file it ships (export/clip_vocab.py): --no-deps,
 # as its dependencies would pull torchvision and another torch.
+# Installs are constrained by the committed lock, so a verdict never changes because a registry
+# published a release overnight; pyproject.toml keeps ranges for users. `make lock` refreshes it.
 OPEN_CLIP := open_clip_torch==3.3.0
-$(VENV)/.installed: pyproject.toml Makefile $(BIN)/python
-	$(BIN)/pip install --quiet "torch==2.13.0"
-	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -e ".[export,dev]"
+LOCK := requirements/dev.lock
+$(VENV)/.installed: pyproject.toml Makefile $(LOCK) $(BIN)/python
+	$(BIN)/pip install --quiet -c $(LOCK) "torch==2.13.0"
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet -c $(LOCK) -e ".[export,dev]"
 	$(BIN)/pip install --quiet --no-deps "$(OPEN_CLIP)"
 	touch $@
 
 venv: $(VENV)/.installed
+
+# On purpose only: resolve pyproject's ranges afresh in a throw-away venv and write
+# requirements/dev.lock (everything make test installs) and requirements/runtime.lock (the
+# server's closure without the unused Hub client, which the Docker runtime stage installs).
+LOCK_VENV := .lock-venv
+lock:
+	rm -rf $(LOCK_VENV) && $(PY) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/pip install --quiet "torch==2.13.0"
+	PYTHONWARNINGS=ignore $(LOCK_VENV)/bin/pip install --quiet ".[export,dev]"
+	$(LOCK_VENV)/bin/pip install --quiet --no-deps "$(OPEN_CLIP)"
+	$(LOCK_VENV)/bin/python tools/lock.py requirements
+	rm -rf $(LOCK_VENV) build
 
 # Stubs are generated into embedder/v1/ (the proto package embedder.v1 is importable as is).
 proto: venv
