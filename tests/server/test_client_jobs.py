@@ -4,6 +4,7 @@ a resumed `embed --output` that refuses vectors of another model, `embed-text` a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from embedder.client import build_request, server_path
 from embedder.spec import SPEC_FILE, load_spec
+from tests.support import REPO
 from tests.support.commands import run_module
 from tests.support.images import encode, picture
 from tests.support.inprocess import Served, serving
@@ -20,8 +22,8 @@ from tests.support.models import CLIP, DINO, make_models_dir
 from tests.support.processes import clean_env
 
 
-def embedder(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run_module("embedder", *args, env=clean_env(), timeout=120)
+def embedder(*args: str | Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return run_module("embedder", *args, env=clean_env(**env), timeout=120)
 
 
 @pytest.fixture(scope="module")
@@ -129,19 +131,28 @@ def test_embed_text_prints_the_clients_vectors(served: Served) -> None:
     )
 
 
+def searched(cache: Path, *args: str | Path) -> list[dict[str, object]]:
+    """`embedder search ARGS` with the user's cache at `cache`: its ranked results."""
+    done = embedder("search", *args, XDG_CACHE_HOME=str(cache))
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def manifests(cache: Path) -> list[Path]:
+    return sorted((cache / "embedder" / "search").glob(f"*/{CLIP}.manifest.jsonl"))
+
+
 def test_search_ranks_the_folder_by_cosine_and_reuses_its_vectors(
     served: Served, folder: Path, tmp_path: Path
 ) -> None:
-    images = tmp_path / "frames"
+    images, cache = tmp_path / "frames", tmp_path / "cache"
     shutil.copytree(folder, images)
     query = "a red car in the snow"
 
     def search(*extra: str) -> list[dict[str, object]]:
-        done = embedder(
-            "search", query, images, "--model", CLIP, "--top", "4", "--server", served.address, *extra
+        return searched(
+            cache, query, images, "--model", CLIP, "--top", "4", "--server", served.address, *extra
         )
-        assert done.returncode == 0, done.stderr
-        return [json.loads(line) for line in done.stdout.splitlines()]
 
     found = search()
     paths = sorted(images.glob("*.jpg"))
@@ -152,8 +163,9 @@ def test_search_ranks_the_folder_by_cosine_and_reuses_its_vectors(
     np.testing.assert_allclose([r["score"] for r in found], scores[best], rtol=0, atol=1e-6)
     assert [r["rank"] for r in found] == [1, 2, 3, 4]
 
-    manifest = images / ".embedder" / f"{CLIP}.manifest.jsonl"
+    [manifest] = manifests(cache)
     assert len(manifest.read_text().splitlines()) == 7
+    assert sorted(p.name for p in images.iterdir()) == [p.name for p in paths]  # nothing written beside them
     images_before = served.metric("embedder_images_total", model=CLIP, code="OK")
     (images / "frame_3.jpg").unlink()  # gone: never a result again
     (images / "new.jpg").write_bytes(encode(picture(80, 80, seed=99), "JPEG"))
@@ -163,3 +175,47 @@ def test_search_ranks_the_folder_by_cosine_and_reuses_its_vectors(
     )  # only the new one
     assert len(again) == 7 and str(images / "frame_3.jpg") not in {r["path"] for r in again}
     assert str(images / "new.jpg") in {r["path"] for r in again}
+
+    # The same folder named relatively (the command runs from the repository root) finds the same
+    # cache, and its results are named as the user named the folder.
+    relative = Path(os.path.relpath(images, REPO))
+    named = searched(cache, query, relative, "--model", CLIP, "--top", "100", "--server", served.address)
+    assert served.metric("embedder_images_total", model=CLIP, code="OK") == images_before + 1
+    assert [r["path"] for r in named] == [str(relative / Path(str(r["path"])).name) for r in again]
+    assert manifests(cache) == [manifest]
+
+
+def test_search_of_a_read_only_folder_keeps_its_vectors_in_the_users_cache(
+    served: Served, folder: Path, tmp_path: Path
+) -> None:
+    images, cache = tmp_path / "frames", tmp_path / "cache"
+    shutil.copytree(folder, images)
+    before = sorted(str(p.relative_to(images)) for p in images.rglob("*"))
+    images.chmod(0o555)
+    try:
+        found = searched(cache, "a dog", images, "--model", CLIP, "--top", "100", "--server", served.address)
+    finally:
+        images.chmod(0o755)
+    assert sorted(str(r["path"]) for r in found) == sorted(str(images / name) for name in before)
+    # root may write into a 0o555 folder anyway: the folder's contents are what must not change.
+    assert sorted(str(p.relative_to(images)) for p in images.rglob("*")) == before
+    [manifest] = manifests(cache)
+    assert len(manifest.read_text().splitlines()) == len(before)
+
+
+def test_two_folders_of_the_same_name_never_share_vectors(served: Served, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    folders = [tmp_path / side / "frames" for side in ("a", "b")]
+    for seed, images in enumerate(folders):
+        images.mkdir(parents=True)
+        for i in range(3):
+            (images / f"{'ab'[seed]}{i}.jpg").write_bytes(encode(picture(64, 64, seed=10 * seed + i), "JPEG"))
+    for images in folders:
+        found = searched(cache, "a cat", images, "--model", CLIP, "--top", "100", "--server", served.address)
+        assert sorted(str(r["path"]) for r in found) == sorted(str(p) for p in images.glob("*.jpg"))
+    owners = []  # the folder each cache holds vectors of: one each
+    for manifest in manifests(cache):
+        rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+        [owner] = {str(Path(row["path"]).parent) for row in rows}
+        owners.append(owner)
+    assert sorted(owners) == sorted(str(images.resolve()) for images in folders)
