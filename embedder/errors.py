@@ -1,9 +1,25 @@
-"""One error hierarchy; each error carries its gRPC status. The servicer is the one place that
-translates them; anything else becomes a plain INTERNAL with the traceback logged."""
+"""One error hierarchy; each error carries a neutral kind. Each front end translates kinds to its
+own statuses in one table (grpc_api.STATUS, http_api's); anything else becomes an `InternalError`
+whose message names the request id, with the traceback only in the log."""
 
 from __future__ import annotations
 
-import grpc
+import enum
+
+
+class Kind(enum.Enum):
+    """How a call ended, named as the canonical codes HTTP and gRPC APIs share (google.rpc.Code),
+    so the metrics' `code` label reads the same whichever front end answered."""
+
+    OK = "OK"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    NOT_FOUND = "NOT_FOUND"
+    UNAVAILABLE = "UNAVAILABLE"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"  # overloaded: retry later
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"  # the caller went away
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    INTERNAL = "INTERNAL"
 
 
 def shown(value: str, limit: int = 100) -> str:
@@ -14,7 +30,7 @@ def shown(value: str, limit: int = 100) -> str:
 
 
 class EmbedderError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    kind: Kind = Kind.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,16 +38,16 @@ class EmbedderError(Exception):
 
 
 class InvalidRequest(EmbedderError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = Kind.INVALID_ARGUMENT
 
 
 class InvalidImage(InvalidRequest):
     """An image that cannot be embedded; names the image's index in the request and the reason."""
 
-    def __init__(self, reason: str, index: int | None = None, *, kind: str = "undecodable") -> None:
+    def __init__(self, reason: str, index: int | None = None, *, failure: str = "undecodable") -> None:
         self.reason = reason
         self.index = index
-        self.kind = kind  # short label for metrics: undecodable, format, too_large, truncated, ...
+        self.failure = failure  # short label for metrics: undecodable, format, too_large, truncated, ...
         super().__init__(self._text())
 
     def _text(self) -> str:
@@ -40,7 +56,7 @@ class InvalidImage(InvalidRequest):
 
     def at(self, index: int) -> InvalidImage:
         """The same error, placed at `index` of the request."""
-        return InvalidImage(self.reason, index, kind=self.kind)
+        return InvalidImage(self.reason, index, failure=self.failure)
 
 
 class LimitExceeded(InvalidRequest):
@@ -48,7 +64,7 @@ class LimitExceeded(InvalidRequest):
 
 
 class RejectedItems(InvalidRequest):
-    """Several images (or texts) of one request refused at once; each keeps its reason and kind."""
+    """Several images (or texts) of one request refused at once; each keeps its reason and failure label."""
 
     MAX_LISTED = 5
 
@@ -61,29 +77,42 @@ class RejectedItems(InvalidRequest):
         )
 
 
-def image_kinds(error: EmbedderError | None) -> list[str]:
-    """The kind of every image an error refuses, for the decode-failure metric."""
+def image_failures(error: EmbedderError | None) -> list[str]:
+    """The failure label of every image an error refuses, for the decode-failure metric."""
     errors = error.errors if isinstance(error, RejectedItems) else [error]
-    return [e.kind for e in errors if isinstance(e, InvalidImage)]
+    return [e.failure for e in errors if isinstance(e, InvalidImage)]
 
 
 class ModelNotFound(EmbedderError):
-    code = grpc.StatusCode.NOT_FOUND
+    kind = Kind.NOT_FOUND
 
 
 class ModelUnavailable(EmbedderError):
     """The model exists but cannot serve now (file missing, hash mismatch, load failed)."""
 
-    code = grpc.StatusCode.UNAVAILABLE
+    kind = Kind.UNAVAILABLE
 
 
 class Overloaded(EmbedderError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = Kind.RESOURCE_EXHAUSTED
 
 
 class DeadlineExpired(EmbedderError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    kind = Kind.DEADLINE_EXCEEDED
 
 
 class ShuttingDown(EmbedderError):
-    code = grpc.StatusCode.UNAVAILABLE
+    kind = Kind.UNAVAILABLE
+
+
+class Unauthenticated(EmbedderError):
+    kind = Kind.UNAUTHENTICATED
+
+
+class InternalError(EmbedderError):
+    """A fault of the server's own: the message names the request id and nothing of the cause."""
+
+    kind = Kind.INTERNAL
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"internal error (request {request_id}); see the server log")

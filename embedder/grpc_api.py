@@ -1,19 +1,15 @@
-"""The protobuf edge: requests become domain values, results and errors become messages.
+"""The gRPC front end: protobuf requests become domain values for `Calls`, results become
+messages, and error kinds become gRPC statuses through one table (STATUS).
 
-This is the one place errors are translated to gRPC statuses: an `EmbedderError`
-carries its own status and message; anything else is logged with its traceback and answered with
-a plain INTERNAL that leaks nothing.
+An `EmbedderError` is answered with its kind's status and its message; anything else has been
+logged by `Calls` with its traceback and is answered as INTERNAL naming the request id only.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import logging
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,18 +17,17 @@ import grpc
 import numpy as np
 from google.protobuf.message import DecodeError, Message
 
-from .engine import EmbedOptions, EmbedResult, Engine
-from .errors import EmbedderError, InvalidRequest, image_kinds
+from .calls import CallRecord, Calls, GraphStatus, ModelInfo, ModelStatus, request_id
+from .engine import EmbedOptions, EmbedResult
+from .errors import EmbedderError, InvalidRequest, Kind
 from .golden import SelfCheck
-from .repository import IMAGE, TEXT, ModelEntry
+from .repository import IMAGE, TEXT
 from .sessions import ModelState
 from .sources import ImageSource
-from .telemetry import Telemetry
 from .v1 import embedder_pb2 as pb
 from .v1 import embedder_pb2_grpc as pb_grpc
 from .wire import REQUEST_ID_KEY
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Embedder"].full_name
 
 _STATES = {
@@ -42,6 +37,19 @@ _STATES = {
     ModelState.SERVING: pb.MODEL_STATE_SERVING,
 }
 
+# The one place kinds become gRPC statuses.
+STATUS = {
+    Kind.OK: grpc.StatusCode.OK,
+    Kind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Kind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Kind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Kind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    Kind.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Kind.CANCELLED: grpc.StatusCode.CANCELLED,
+    Kind.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
+    Kind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+FRONTEND = "grpc"
 MAX_DEADLINE_S = 365 * 24 * 3600.0  # beyond a year, a deadline is "none"
 MAX_STATUS_MESSAGE = 2048
 
@@ -70,26 +78,24 @@ def lenient(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
     return parse
 
 
-def model_info(entry: ModelEntry) -> pb.ModelInfo:
-    spec = entry.spec
-    provenance = spec.provenance
+def model_info(info: ModelInfo) -> pb.ModelInfo:
     return pb.ModelInfo(
-        name=spec.name,
-        aliases=list(spec.aliases),
-        family=spec.family,
-        pooling=spec.pooling,
-        dim=spec.embedding_dim,
-        onnx_sha256=spec.onnx_sha256 or "",
-        preprocessing_sha256=spec.preprocessing.sha256(),
-        weights=spec.weights_kind,
-        parity_verified=spec.verified,
-        source=provenance.source if provenance else "",
-        quantization=(provenance.quantization or "") if provenance else "",
-        modalities=list(spec.modalities),
-        text_onnx_sha256=spec.text.onnx_sha256 if spec.text else "",
-        tokenizer_sha256=spec.text.tokenizer_sha256 if spec.text else "",
-        text_parity_verified=spec.text.verified if spec.text else False,
-        batch_invariant=spec.batch_invariant,
+        name=info.name,
+        aliases=list(info.aliases),
+        family=info.family,
+        pooling=info.pooling,
+        dim=info.dim,
+        onnx_sha256=info.onnx_sha256,
+        preprocessing_sha256=info.preprocessing_sha256,
+        weights=info.weights,
+        parity_verified=info.parity_verified,
+        source=info.source,
+        quantization=info.quantization,
+        modalities=list(info.modalities),
+        text_onnx_sha256=info.text_onnx_sha256,
+        tokenizer_sha256=info.tokenizer_sha256,
+        text_parity_verified=info.text_parity_verified,
+        batch_invariant=info.batch_invariant,
     )
 
 
@@ -116,73 +122,18 @@ def _options(request: pb.EmbedRequest) -> EmbedOptions:
     )
 
 
-@dataclass
-class CallRecord:
-    """What the access log and metrics say of one Embed or EmbedText call."""
-
-    request_id: str
-    modality: str
-    # The resolved name, never the caller's string: a caller-chosen label would grow the metric set.
-    model: str = "unknown"
-    items: int = 0
-
-    def resolved(self, entry: ModelEntry) -> ModelEntry:
-        self.model = entry.name
-        return entry
-
-
-@dataclass
-class Outcome:
-    """The status a call ended with, for the access log and metrics."""
-
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    error: EmbedderError | None = None
-
-
 @asynccontextmanager
-async def translated_errors(
-    context: grpc.aio.ServicerContext[Any, Any],
-    request_id: str = "-",
-    ended: Callable[[Outcome], None] | None = None,
-) -> AsyncIterator[Outcome]:
-    """Errors become statuses. `ended(outcome)` runs before the answer goes out, so the metrics
-    and access log already hold a call by the time its caller has the answer."""
-    outcome = Outcome()
-    end = ended or (lambda outcome: None)
+async def translated_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """Errors become statuses, with messages cut to what a header can carry."""
     try:
-        yield outcome
+        yield
     except EmbedderError as exc:
-        outcome.code, outcome.error = exc.code, exc
-        end(outcome)
-        await context.abort(exc.code, _bounded(exc.message))
-    except asyncio.CancelledError:
-        outcome.code = ended_early(context)
-        end(outcome)
-        raise
-    except Exception:
-        outcome.code = grpc.StatusCode.INTERNAL
-        log.exception("internal error (request %s)", request_id, extra={"request_id": request_id})
-        end(outcome)
-        await context.abort(
-            grpc.StatusCode.INTERNAL, f"internal error (request {request_id}); see the server log"
-        )
-    else:
-        end(outcome)
+        await context.abort(STATUS[exc.kind], _bounded(exc.message))
 
 
 def _bounded(message: str) -> str:
     """The status message travels as a header, which clients refuse past 16 KiB: cut it short."""
     return message if len(message) <= MAX_STATUS_MESSAGE else message[: MAX_STATUS_MESSAGE - 3] + "..."
-
-
-def ended_early(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """Why gRPC cancelled a handler: its deadline passed, or the caller went away."""
-    remaining = context.time_remaining()
-    return (
-        grpc.StatusCode.DEADLINE_EXCEEDED
-        if remaining is not None and remaining <= 0
-        else grpc.StatusCode.CANCELLED
-    )
 
 
 def call_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
@@ -194,15 +145,11 @@ def call_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     return time.monotonic() + remaining
 
 
-_ID_PREFIX = uuid.uuid4().hex[:8]  # per process, so ids from several replicas never collide
-_id_counter = itertools.count(1)
-
-
-def request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def call_request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """The caller's x-request-id, or a new one; echoed back in the trailing metadata, which goes
     out with the status (no extra send on the hot path)."""
     given = dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY)
-    rid = str(given)[:128] if given else f"{_ID_PREFIX}{next(_id_counter):08x}"
+    rid = request_id(str(given) if given else None)
     context.set_trailing_metadata(((REQUEST_ID_KEY, rid),))
     return rid
 
@@ -211,33 +158,9 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     """Coroutine handlers on the server's event loop: a call holds no thread while its images are
     decoded and embedded, so admission control answers every call at once, however many wait."""
 
-    def __init__(self, engine: Engine, telemetry: Telemetry) -> None:
-        self.engine = engine
-        self.telemetry = telemetry
-        self._inflight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._infos = {name: model_info(entry) for name, entry in engine.repository.entries.items()}
-
-    @contextmanager
-    def _tracked(self) -> Iterator[None]:
-        """Counts unary calls in progress, so shutdown can wait for them and not for streams."""
-        self._inflight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """True once no unary call is in progress; False if that takes longer than `timeout`."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+    def __init__(self, calls: Calls) -> None:
+        self.calls = calls
+        self._infos = {name: model_info(info) for name, info in calls.infos.items()}
 
     def register(self, server: grpc.aio.Server) -> None:
         """Adds the Embedder service, with requests parsed by `lenient` deserializers."""
@@ -261,12 +184,8 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         async with self._call(context, IMAGE) as call:
             if isinstance(request, Malformed):
                 raise request.refuse()
-            call.items = len(request.images)
-            entry = call.resolved(self.engine.repository.resolve(request.model))
-            result = await self.engine.embed(
-                entry, _sources(request), _options(request), call_deadline(context)
-            )
-            return self._response(result)
+            sources, options = _sources(request), _options(request)
+            return self._response(await self.calls.embed_images(call, request.model, sources, options))
         raise AssertionError("unreachable: abort raises")
 
     async def EmbedText(
@@ -275,31 +194,17 @@ class EmbedderService(pb_grpc.EmbedderServicer):
         async with self._call(context, TEXT) as call:
             if isinstance(request, Malformed):
                 raise request.refuse()
-            call.items = len(request.texts)
-            entry = call.resolved(self.engine.repository.resolve(request.model))
             texts = list(request.texts)
-            result = await self.engine.embed_text(entry, texts, request.normalize, call_deadline(context))
-            return self._response(result)
+            return self._response(await self.calls.embed_texts(call, request.model, texts, request.normalize))
         raise AssertionError("unreachable: abort raises")
 
     @asynccontextmanager
     async def _call(
         self, context: grpc.aio.ServicerContext[Any, Any], modality: str
     ) -> AsyncIterator[CallRecord]:
-        """An embedding call: tracked for shutdown, errors translated, recorded once it ends."""
-        started = time.perf_counter()
-        call = CallRecord(request_id(context), modality)
-
-        def ended(outcome: Outcome) -> None:
-            for kind in image_kinds(outcome.error):
-                self.telemetry.decode_failed(kind)
-            seconds = time.perf_counter() - started
-            self.telemetry.request_done(
-                call.model, modality, call.items, outcome.code.name, seconds, call.request_id
-            )
-
-        with self._tracked():
-            async with translated_errors(context, call.request_id, ended):
+        async with translated_errors(context):
+            rid, deadline = call_request_id(context), call_deadline(context)
+            async with self.calls.call(modality, FRONTEND, rid, deadline) as call:
                 yield call
 
     def _response(self, result: EmbedResult) -> pb.EmbedResponse:
@@ -313,41 +218,36 @@ class EmbedderService(pb_grpc.EmbedderServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest | Malformed, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsResponse:
-        with self._tracked():
+        with self.calls.tracked():
             async with translated_errors(context):
                 if isinstance(request, Malformed):
                     raise request.refuse()
-                return pb.ListModelsResponse(models=self._statuses())
+                return pb.ListModelsResponse(models=[self._status(s) for s in self.calls.statuses()])
         raise AssertionError("unreachable: abort raises")
 
-    def _statuses(self) -> list[pb.ModelStatus]:
-        statuses = []
-        for name, entry in sorted(self.engine.repository.entries.items()):
-            status = pb.ModelStatus(info=self._infos[name])
-            for modality in entry.spec.modalities:
-                graph = self._graph_status(entry, modality)
-                if modality == TEXT:
-                    status.text.CopyFrom(graph)
-                else:
-                    status.state, status.loaded, status.error = graph.state, graph.loaded, graph.error
-                    status.load_seconds, status.onnx_bytes = graph.load_seconds, graph.onnx_bytes
-                    status.self_check.CopyFrom(graph.self_check)
-            statuses.append(status)
-        return statuses
+    def _status(self, model: ModelStatus) -> pb.ModelStatus:
+        status = pb.ModelStatus(info=self._infos[model.info.name])
+        for modality, graph in model.graphs.items():
+            message = _graph_status(graph)
+            if modality == TEXT:
+                status.text.CopyFrom(message)
+            else:
+                status.state, status.loaded, status.error = message.state, message.loaded, message.error
+                status.load_seconds, status.onnx_bytes = message.load_seconds, message.onnx_bytes
+                status.self_check.CopyFrom(message.self_check)
+        return status
 
-    def _graph_status(self, entry: ModelEntry, modality: str) -> pb.GraphStatus:
-        cache = self.engine.cache
-        state, error, load_seconds = cache.status(entry.name, modality)
-        path = entry.graph_path(modality)
-        check = cache.checks.get((entry.name, modality))
-        return pb.GraphStatus(
-            state=_STATES[state],
-            loaded=(entry.name, modality) in cache.resident(),
-            error=error,
-            load_seconds=load_seconds,
-            onnx_bytes=path.stat().st_size if path.is_file() else 0,
-            self_check=_self_check(check) if check is not None else None,
-        )
+
+def _graph_status(graph: GraphStatus) -> pb.GraphStatus:
+    check = graph.self_check
+    return pb.GraphStatus(
+        state=_STATES[graph.state],
+        loaded=graph.loaded,
+        error=graph.error,
+        load_seconds=graph.load_seconds,
+        onnx_bytes=graph.onnx_bytes,
+        self_check=_self_check(check) if check is not None else None,
+    )
 
 
 def _self_check(check: SelfCheck) -> pb.SelfCheck:

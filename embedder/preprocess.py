@@ -49,7 +49,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
     Size is checked from the header before any pixel is decoded; truncated files are errors.
     """
     if not data:
-        raise InvalidImage("empty image data", kind="empty")
+        raise InvalidImage("empty image data", failure="empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. palette transparency notes; errors still raise
@@ -59,7 +59,7 @@ def decode(data: bytes, limits: DecodeLimits = DecodeLimits()) -> Image.Image:
             return image if image.mode == "RGB" else image.convert("RGB")
     except UnidentifiedImageError:
         raise InvalidImage(
-            f"not a supported image (allowed formats: {', '.join(limits.formats)})", kind="format"
+            f"not a supported image (allowed formats: {', '.join(limits.formats)})", failure="format"
         ) from None
     except Exception as exc:  # noqa: BLE001 - any Exception: see _refusal()
         raise _refusal(exc, f"cannot decode {image_format(data)}") from None
@@ -75,10 +75,10 @@ def _refusal(exc: Exception, what: str) -> InvalidImage:
     if isinstance(exc, InvalidImage):
         return exc
     if isinstance(exc, Image.DecompressionBombError):
-        return InvalidImage(f"decompression bomb refused: {exc}", kind="too_large")
+        return InvalidImage(f"decompression bomb refused: {exc}", failure="too_large")
     log.debug("%s", what, exc_info=exc)
     kind = "truncated" if "truncated" in str(exc) else "undecodable"
-    return InvalidImage(f"{what}: {type(exc).__name__}: {_clipped(str(exc))}", kind=kind)
+    return InvalidImage(f"{what}: {type(exc).__name__}: {_clipped(str(exc))}", failure=kind)
 
 
 def _clipped(text: str, limit: int = 200) -> str:
@@ -100,12 +100,12 @@ def image_format(data: bytes) -> str:
 def _check_size(image: Image.Image, limits: DecodeLimits) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise InvalidImage(f"invalid dimensions {width}x{height}", kind="undecodable")
+        raise InvalidImage(f"invalid dimensions {width}x{height}", failure="undecodable")
     if width * height > limits.max_pixels:
         raise InvalidImage(
             # Named as the setting an operator would raise (`max_image_pixels`), not the field.
             f"{width}x{height} = {width * height} pixels exceeds max_image_pixels={limits.max_pixels}",
-            kind="too_large",
+            failure="too_large",
         )
 
 
@@ -166,7 +166,7 @@ class Preprocessor:
             raise InvalidImage(
                 f"aspect ratio too extreme: {image.width}x{image.height} resizes to {size[0]}x{size[1]}, "
                 f"over max_resized_pixels={self.limits.max_resized_pixels}",
-                kind="too_large",
+                failure="too_large",
             )
         return image.resize(size, resample=self.resample) if self.spec.resize is not None else image
 

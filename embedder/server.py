@@ -23,11 +23,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .auth import TokenAuthInterceptor
+from .calls import Calls
 from .cpus import plan_threads
 from .engine import Engine
 from .errors import EmbedderError
+from .grpc_api import SERVICE_NAME, EmbedderService
 from .repository import IMAGE, Repository
-from .service import SERVICE_NAME, EmbedderService
 from .sessions import ModelState, SessionCache, describe
 from .settings import Settings
 from .telemetry import Telemetry
@@ -102,7 +103,8 @@ class EmbedderServer:
             batch_observer=self.telemetry.batch_done,
         )
         self.telemetry.track(self.engine.queue_depths, lambda: len(self.cache.resident()))
-        self.service = EmbedderService(self.engine, self.telemetry)
+        self.calls = Calls(self.engine, self.telemetry)
+        self.service = EmbedderService(self.calls)
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -296,7 +298,7 @@ class EmbedderServer:
         ends = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
         stopping = asyncio.ensure_future(self._server.stop(grace))
-        await self.service.wait_idle(grace)
+        await self.calls.wait_idle(grace)
         self.health.end_watches()
         if ends - time.monotonic() <= STOP_GRACE_S:
             return await stopping  # its own grace runs out first

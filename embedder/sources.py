@@ -38,7 +38,7 @@ class SourceReader:
     def _read_path(self, raw: str, index: int) -> bytes:
         if self.root is None:
             raise InvalidImage(
-                "path inputs are disabled on this server (no image_root set)", index, kind="path"
+                "path inputs are disabled on this server (no image_root set)", index, failure="path"
             )
         path = self._resolve(raw, index)
         try:
@@ -46,7 +46,9 @@ class SourceReader:
                 data = fh.read(self.max_image_bytes + 1)
         except OSError as exc:
             raise InvalidImage(
-                f"path {shown(raw)} cannot be read: {exc.strerror or type(exc).__name__}", index, kind="path"
+                f"path {shown(raw)} cannot be read: {exc.strerror or type(exc).__name__}",
+                index,
+                failure="path",
             ) from None
         self._check_size(len(data), index)
         return data
@@ -56,18 +58,18 @@ class SourceReader:
         pure = PurePosixPath(raw)
         if not raw or "\x00" in raw or pure.is_absolute() or os.path.isabs(raw) or ".." in pure.parts:
             raise InvalidImage(
-                f"path {shown(raw)} must be relative to the image root, without '..'", index, kind="path"
+                f"path {shown(raw)} must be relative to the image root, without '..'", index, failure="path"
             )
         try:
             resolved = (self.root / pure).resolve(strict=True)
         except (OSError, RuntimeError):
             raise InvalidImage(
-                f"path {shown(raw)} not found under the image root", index, kind="path"
+                f"path {shown(raw)} not found under the image root", index, failure="path"
             ) from None
         if not resolved.is_relative_to(self.root):
             raise InvalidImage(
-                f"path {shown(raw)} escapes the image root through a symlink", index, kind="path"
+                f"path {shown(raw)} escapes the image root through a symlink", index, failure="path"
             )
         if not resolved.is_file():
-            raise InvalidImage(f"path {shown(raw)} is not a regular file", index, kind="path")
+            raise InvalidImage(f"path {shown(raw)} is not a regular file", index, failure="path")
         return resolved

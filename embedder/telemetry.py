@@ -28,8 +28,8 @@ class Telemetry:
         per_graph = ["model", "modality"]
         self.requests = Counter(
             "embedder_requests",
-            "Embed and EmbedText calls by model and gRPC status",
-            [*per_graph, "code"],
+            "Embedding calls by model, modality, front end (grpc, http) and status code",
+            [*per_graph, "frontend", "code"],
             registry=r,
         )
         self.images = Counter(
@@ -78,15 +78,16 @@ class Telemetry:
         self.resident.set_function(resident)
 
     def request_done(
-        self, model: str, modality: str, items: int, code: str, seconds: float, request_id: str
+        self, model: str, modality: str, frontend: str, items: int, code: str, seconds: float, request_id: str
     ) -> None:
-        self.requests.labels(model, modality, code).inc()
+        self.requests.labels(model, modality, frontend, code).inc()
         (self.texts if modality == "text" else self.images).labels(model, code).inc(items)
         if code == "OK":
             self.latency.labels(model, modality).observe(seconds)
         method, noun = ("EmbedText", "texts") if modality == "text" else ("Embed", "images")
         access_log.info(
-            "%s model=%s %s=%d status=%s %.1f ms id=%s",
+            "%s %s model=%s %s=%d status=%s %.1f ms id=%s",
+            frontend,
             method,
             model,
             noun,
@@ -95,6 +96,7 @@ class Telemetry:
             seconds * 1000,
             request_id,
             extra={
+                "frontend": frontend,
                 "method": method,
                 "model": model,
                 noun: items,

@@ -47,7 +47,7 @@ def test_decode_refuses_it_as_invalid_image(name: str) -> None:
     preprocessor = fuzz_preprocessor()
     with pytest.raises(InvalidImage) as refused:
         preprocessor(decode(FOUND[name], preprocessor.limits))
-    assert refused.value.reason and refused.value.kind
+    assert refused.value.reason and refused.value.failure
 
 
 @pytest.mark.parametrize("name", sorted(FOUND))
@@ -74,7 +74,7 @@ def test_the_traceback_goes_to_the_log_at_debug_only(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.INFO, logger="embedder"), pytest.raises(InvalidImage) as refused:
         decode(tiff)
     assert not caplog.records
-    assert refused.value.kind == "undecodable"
+    assert refused.value.failure == "undecodable"
     assert "TypeError" in refused.value.reason  # the exception's type is named
     with caplog.at_level(logging.DEBUG, logger="embedder"), pytest.raises(InvalidImage):
         decode(tiff)
