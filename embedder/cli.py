@@ -185,6 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# `embedder embed ... | head`: the reader left. 128 + SIGPIPE is the status a shell reports for a
+# tool the signal ended (`yes | head` under `set -o pipefail`), so scripts see what they know.
+EXIT_BROKEN_PIPE = 128 + 13
+
+
+def _quiet_stdout() -> None:
+    """Points stdout at /dev/null, so the interpreter's final flush of what is still buffered
+    does not print a second BrokenPipeError on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -192,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         print(f"embedder {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
