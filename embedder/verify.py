@@ -1,8 +1,9 @@
 """`embedder verify`: does a running server compute the vectors its models' gates verified?
 
 For each model of a models folder with a golden set, the golden inputs go to the server as
-ordinary Embed (and EmbedText) calls and the answers are compared with PyTorch's vectors, to the
-tolerance the server's own self-check uses. A model the server serves from another graph than
+ordinary Embed (and EmbedText) calls and the answers are compared with the set's reference vectors
+(PyTorch's for an fp32 export; an int8 variant's own, see export/golden.py), to the tolerance the
+server's own self-check uses. A model the server serves from another graph than
 the folder's (its onnx_sha256 differs) fails with that reason. What a deploy pipeline runs after
 a rollout, or a startup probe; exit 0 only if every model passes.
 """
