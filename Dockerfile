@@ -13,7 +13,7 @@
 #
 # tests/ops/test_dockerfile.py checks this file's structure and replays its builder and runtime
 # stages without a Docker engine (their COPY and RUN lines are read from here): keep the runtime's
-# single `pip install` of the wheel.
+# single `pip install` of the lock and the wheel.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -72,14 +72,16 @@ CMD ["--help"]
 # ---- runtime-base: the wheel alone; no torch, transformers or optimum ----
 FROM base AS runtime-base
 WORKDIR /app
-# The wheel comes in through a bind mount, so it never becomes a layer of this image.
-# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio + tokenizers.
-# tokenizers declares the Hugging Face Hub client a dependency but imports it only for
-# `from_pretrained`, which the server never calls (it reads the tokenizer.json of a model
-# folder): the image drops those 19 MB. tests/ops replays this line and serves text from it.
+# The wheel and the lock come in through bind mounts, so neither becomes a layer of this image.
+# No `[export]` extra: the runtime is onnxruntime + numpy + pillow + grpcio + tokenizers + the HTTP
+# stack, every version pinned by requirements/runtime.lock (`make lock`), so a registry release never
+# changes the image. --no-deps: the lock is the whole closure less the Hugging Face Hub client
+# (with hf-xet and fsspec) that tokenizers declares but imports only for `from_pretrained`, which
+# the server never calls (it reads a model folder's tokenizer.json). tests/ops replays this line
+# and serves images and text from it.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/*.whl \
- && pip uninstall --yes huggingface_hub hf-xet
+    --mount=type=bind,source=requirements,target=/requirements \
+    pip install --no-cache-dir --no-deps -r /requirements/runtime.lock /wheels/*.whl
 # Root-owned and read-only to the server: it only ever reads models.
 RUN mkdir /app/models
 # MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas cost ~50 MiB of RSS in the 10-minute soak
