@@ -2,7 +2,8 @@
 NOT_SERVING, refuse new calls, let in-flight calls finish within the grace period.
 
 gRPC runs on asyncio (`grpc.aio`) in a thread of its own: one event loop answers every call, and a
-call waiting for its images holds no thread. Decoding runs in the engine's worker pool and
+call waiting for its images holds no thread. The HTTP front end (uvicorn, http_api.py) runs on the
+same loop over the same `Calls`: one engine, shared batchers, limits, metrics and drain. Decoding runs in the engine's worker pool and
 inference in each model's batcher thread. The public methods (`start`, `stop`, `wait`) are
 blocking, so the CLI and tests drive the server like any other object.
 """
@@ -28,6 +29,8 @@ from .cpus import plan_threads
 from .engine import Engine
 from .errors import EmbedderError
 from .grpc_api import SERVICE_NAME, EmbedderService
+from .http_api import HttpFrontEnd
+from .http_server import HttpHost, bind
 from .repository import IMAGE, Repository
 from .sessions import ModelState, SessionCache, describe
 from .settings import Settings
@@ -106,6 +109,9 @@ class EmbedderServer:
         self.calls = Calls(self.engine, self.telemetry)
         self.service = EmbedderService(self.calls)
         self.port = 0
+        self.http_port: int | None = None
+        self._http: HttpHost | None = None
+        self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: grpc.aio.Server | None = None
@@ -189,7 +195,10 @@ class EmbedderServer:
         self._thread.start()
         try:
             self.port = self._on_loop(self._start_grpc(credentials))
+            self.http_port = self._start_http()
         except BaseException:
+            if self._server is not None:
+                self._on_loop(self._server.stop(0))
             self._close_loop()
             raise
         if self.settings.metrics_address:
@@ -207,8 +216,9 @@ class EmbedderServer:
         self._set_health("", _SERVING)
         self._set_health(SERVICE_NAME, _SERVING)
         log.info(
-            "serving on port %d (%s TLS) in %.2f s; models: %s",
+            "serving gRPC on port %d, HTTP %s (%s TLS) in %.2f s; models: %s",
             self.port,
+            f"on port {self.http_port}" if self.http_port is not None else "off",
             "with" if credentials else "without",
             time.perf_counter() - started,
             ", ".join(f"{n} [{self.cache.status(n)[0].value}]" for n in self.repository.entries) or "none",
@@ -231,6 +241,44 @@ class EmbedderServer:
         await server.start()
         self._server = server
         return port
+
+    def http_address(self) -> str | None:
+        """The HTTP front end's address as asked; port 0 (any free port) for a throwaway server
+        whose gRPC address is on port 0 and whose HTTP address was left at its default, so that
+        several of them run side by side."""
+        address = self.settings.http_address
+        if address.lower() == "off":
+            return None
+        if "http_address" not in self.settings.model_fields_set and self.settings.address.endswith(":0"):
+            return address.rpartition(":")[0] + ":0"
+        return address
+
+    def _start_http(self) -> int | None:
+        address = self.http_address()
+        if address is None:
+            return None
+        sock = bind(address)
+        front = HttpFrontEnd(self.calls, self.settings, self.ready)
+        self._http = HttpHost(front.app, self.settings, sock)
+        try:
+            self._on_loop(self._http.start())
+        except BaseException:
+            sock.close()
+            self._http = None
+            raise
+        log.info("HTTP on %s (port %d)", address, self._http.port)
+        return self._http.port
+
+    def ready(self) -> bool:
+        """HTTP readiness: start-up done, not draining, and with --preload every graph that could
+        load is serving (or was evicted since: it loads again on demand)."""
+        if self._draining or self._health.get("") != _SERVING:
+            return False
+        if not self.settings.preload:
+            return True
+        return all(
+            self.cache.status(*graph)[0] is not ModelState.UNAVAILABLE for graph in self.cache.graphs()
+        )
 
     def _close_loop(self) -> None:
         if self._loop is None or self._thread is None:
@@ -272,6 +320,7 @@ class EmbedderServer:
             if self._stopped.is_set():
                 return
             grace = self.settings.shutdown_grace_s if grace is None else grace
+            self._draining = True
             if self._server is not None:
                 log.info("shutting down: draining in-flight calls for up to %.1f s", grace)
                 self._on_loop(self._drain(grace))
@@ -297,9 +346,14 @@ class EmbedderServer:
         assert self._server is not None
         ends = time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
+        # Both front ends stop accepting at once; uvicorn closes idle connections and lets
+        # requests in progress answer (their connections close after the answer).
+        http_stopping = asyncio.ensure_future(self._http.stop(grace)) if self._http else None
         stopping = asyncio.ensure_future(self._server.stop(grace))
         await self.calls.wait_idle(grace)
         self.health.end_watches()
+        if http_stopping is not None:
+            await http_stopping
         if ends - time.monotonic() <= STOP_GRACE_S:
             return await stopping  # its own grace runs out first
         done, _ = await asyncio.wait({stopping}, timeout=STOP_GRACE_S)

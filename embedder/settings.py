@@ -99,6 +99,34 @@ class Settings(BaseModel):
     tls_client_ca: Path | None = Field(None, description="PEM CA bundle: require client certificates (mTLS)")
     auth_tokens: SecretStr | None = Field(None, description="comma-separated bearer tokens (prefer the file)")
     auth_tokens_file: Path | None = Field(None, description="file with one bearer token per line")
+    http_address: str = Field(
+        "127.0.0.1:8000",
+        description="host:port of the HTTP front end (OpenAI-compatible /v1/embeddings); off disables it. "
+        "Left unset while address is on port 0, it takes any free port too",
+    )
+    http_max_body_bytes: int = Field(
+        64 * MiB, ge=1024, description="largest HTTP request body; beyond: 413 (base64 adds a third)"
+    )
+    http_timeout_s: float = Field(
+        0.0, ge=0, description="HTTP deadline of a request without X-Request-Timeout; past it: 504 (0 = none)"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="time for an HTTP request's whole body to arrive; beyond: 408"
+    )
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="time for an HTTP request's headers to arrive once a connection opens or a request starts",
+    )
+    http_max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="request line and headers of one HTTP request; beyond: 431"
+    )
+    http_keep_alive_s: float = Field(
+        5.0, gt=0, description="close an idle HTTP keep-alive connection after this long"
+    )
+    http_max_connections: int = Field(
+        1024, ge=1, description="HTTP connections (and requests) at once; beyond: 503"
+    )
 
     @model_validator(mode="after")
     def _tls_pairs(self) -> Settings:
