@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -128,11 +129,41 @@ def test_idle_model_is_evicted_then_still_serves(
     assert served.loads(model) == 2
 
 
+@dataclass(frozen=True)
+class Broken:
+    """Both tiny models and a copy of tiny-dinov2 named `broken`, for a test to break."""
+
+    models: Path
+    folder: Path  # models/broken
+    image: bytes
+    expected: dict[str, np.ndarray]  # each healthy model's vector for `image`
+
+    def replace_graph(self, graph: bytes, *, record_sha256: bool) -> None:
+        """`graph` in place of broken's; `record_sha256`: model.json names the new file's sha256,
+        so the load gets past the sha check and fails (or not) later."""
+        (self.folder / "model.onnx").write_bytes(graph)
+        if record_sha256:
+            spec = load_spec(self.folder / SPEC_FILE)
+            sha256 = file_sha256(self.folder / "model.onnx")
+            write_spec(spec.model_copy(update={"onnx_sha256": sha256}), self.folder / SPEC_FILE)
+
+    def refused_alone(self, served: Served, *fragments: str) -> None:
+        """`broken` is UNAVAILABLE for the reasons named, and the other models still serve."""
+        unavailable(served, "broken", self.image, *fragments)
+        self.others_serve(served)
+
+    def others_serve(self, served: Served) -> None:
+        for model, vector in self.expected.items():
+            np.testing.assert_array_equal(served.embed(model, [self.image]), vector)
+            assert served.health(model) == "SERVING"
+
+
 @pytest.fixture
-def with_broken(tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> tuple[Path, Path]:
-    """A models dir holding both tiny models and a copy of tiny-dinov2 named `broken`."""
+def broken(
+    tmp_path: Path, tiny_clip_dir: Path, tiny_dinov2_dir: Path, image: bytes, expected: dict[str, np.ndarray]
+) -> Broken:
     models = make_models_dir(tmp_path / "models", tiny_clip_dir, tiny_dinov2_dir, (tiny_dinov2_dir, "broken"))
-    return models, models / "broken"
+    return Broken(models, models / "broken", image, expected)
 
 
 def unavailable(served: Served, model: str, image: bytes, *fragments: str) -> None:
@@ -146,109 +177,71 @@ def unavailable(served: Served, model: str, image: bytes, *fragments: str) -> No
     assert served.health(model) == "NOT_SERVING"
 
 
-def others_serve(served: Served, image: bytes, expected: dict[str, np.ndarray]) -> None:
-    for model, vector in expected.items():
-        np.testing.assert_array_equal(served.embed(model, [image]), vector)
-        assert served.health(model) == "SERVING"
-
-
 def test_garbage_graph_with_the_old_sha_is_refused_then_retried_when_fixed(
-    serve: Callable[..., Served],
-    with_broken: tuple[Path, Path],
-    tiny_dinov2_dir: Path,
-    image: bytes,
-    expected: dict[str, np.ndarray],
+    serve: Callable[..., Served], broken: Broken, tiny_dinov2_dir: Path
 ) -> None:
-    models, broken = with_broken
-    good_graph = (broken / "model.onnx").read_bytes()
-    (broken / "model.onnx").write_bytes(GARBAGE)
-    served = serve(models)
+    good_graph = (broken.folder / "model.onnx").read_bytes()
+    broken.replace_graph(GARBAGE, record_sha256=False)
+    served = serve(broken.models)
 
-    unavailable(served, "broken", image, "sha256", "does not match model.json", "refusing")
-    others_serve(served, image, expected)
+    broken.refused_alone(served, "sha256", "does not match model.json", "refusing")
 
-    (broken / "model.onnx").write_bytes(good_graph)
-    np.testing.assert_array_equal(served.embed("broken", [image]), expected[name_of(tiny_dinov2_dir)])
+    broken.replace_graph(good_graph, record_sha256=False)
+    np.testing.assert_array_equal(
+        served.embed("broken", [broken.image]), broken.expected[name_of(tiny_dinov2_dir)]
+    )
     assert served.health("broken") == "SERVING"
     assert served.models()["broken"].state == pb.MODEL_STATE_SERVING
 
 
-def test_garbage_graph_with_its_own_sha_fails_to_load(
-    serve: Callable[..., Served],
-    with_broken: tuple[Path, Path],
-    image: bytes,
-    expected: dict[str, np.ndarray],
-) -> None:
-    models, broken = with_broken
-    (broken / "model.onnx").write_bytes(GARBAGE)
-    spec = load_spec(broken / SPEC_FILE)
-    write_spec(
-        spec.model_copy(update={"onnx_sha256": file_sha256(broken / "model.onnx")}), broken / SPEC_FILE
-    )
-    served = serve(models)
+def test_garbage_graph_with_its_own_sha_fails_to_load(serve: Callable[..., Served], broken: Broken) -> None:
+    broken.replace_graph(GARBAGE, record_sha256=True)
+    served = serve(broken.models)
     # The gate verified another file: the model is listed as not parity-verified.
     assert not served.models()["broken"].info.parity_verified
 
-    unavailable(served, "broken", image, "'broken' failed to load")
-    others_serve(served, image, expected)
-    unavailable(served, "broken", image, "'broken' failed to load")  # tried again, still refused
+    broken.refused_alone(served, "'broken' failed to load")
+    unavailable(served, "broken", broken.image, "'broken' failed to load")  # tried again, still refused
 
 
 def test_graph_of_another_model_is_refused_by_its_output_size(
-    serve: Callable[..., Served],
-    with_broken: tuple[Path, Path],
-    tiny_clip_dir: Path,
-    tiny_dinov2_dir: Path,
-    image: bytes,
-    expected: dict[str, np.ndarray],
+    serve: Callable[..., Served], broken: Broken, tiny_clip_dir: Path, tiny_dinov2_dir: Path
 ) -> None:
-    models, broken = with_broken
-    shutil.copyfile(tiny_clip_dir / "model.onnx", broken / "model.onnx")  # valid graph, 16-d not 32-d
-    spec = load_spec(broken / SPEC_FILE)
-    write_spec(
-        spec.model_copy(update={"onnx_sha256": file_sha256(broken / "model.onnx")}), broken / SPEC_FILE
-    )
-    served = serve(models)
+    broken.replace_graph(
+        (tiny_clip_dir / "model.onnx").read_bytes(), record_sha256=True
+    )  # valid, 16-d not 32-d
+    served = serve(broken.models)
 
     dim = load_spec(tiny_dinov2_dir / SPEC_FILE).embedding_dim
-    unavailable(served, "broken", image, f"model.json says {dim}")
-    others_serve(served, image, expected)
+    broken.refused_alone(served, f"model.json says {dim}")
 
 
 def test_missing_graph_is_listed_unavailable_and_served_once_restored(
-    serve: Callable[..., Served],
-    with_broken: tuple[Path, Path],
-    tiny_dinov2_dir: Path,
-    image: bytes,
-    expected: dict[str, np.ndarray],
+    serve: Callable[..., Served], broken: Broken, tiny_dinov2_dir: Path
 ) -> None:
-    models, broken = with_broken
-    graph = broken / "model.onnx"
+    graph = broken.folder / "model.onnx"
     graph.unlink()
-    served = serve(models)
+    served = serve(broken.models)
 
     status = served.models()["broken"]
     assert status.state == pb.MODEL_STATE_UNAVAILABLE and "graph file missing" in status.error
     assert status.onnx_bytes == 0
-    unavailable(served, "broken", image, "graph file missing")
-    others_serve(served, image, expected)
+    broken.refused_alone(served, "graph file missing")
 
     shutil.copyfile(tiny_dinov2_dir / "model.onnx", graph)
-    np.testing.assert_array_equal(served.embed("broken", [image]), expected[name_of(tiny_dinov2_dir)])
+    np.testing.assert_array_equal(
+        served.embed("broken", [broken.image]), broken.expected[name_of(tiny_dinov2_dir)]
+    )
 
 
 def test_graph_deleted_while_serving_only_fails_once_evicted(
-    serve: Callable[..., Served],
-    with_broken: tuple[Path, Path],
-    image: bytes,
-    expected: dict[str, np.ndarray],
+    serve: Callable[..., Served], broken: Broken
 ) -> None:
-    models, broken = with_broken
-    served = serve(models, max_loaded=1)
-    served.embed("broken", [image])
-    (broken / "model.onnx").unlink()
-    served.embed("broken", [image])  # the resident session does not need the file
+    served = serve(broken.models, max_loaded=1)
+    served.embed("broken", [broken.image])
+    (broken.folder / "model.onnx").unlink()
+    served.embed("broken", [broken.image])  # the resident session does not need the file
 
-    others_serve(served, image, expected)  # evicts `broken`
+    broken.others_serve(served)  # evicts `broken`
 
-    unavailable(served, "broken", image, "graph file missing")
+    unavailable(served, "broken", broken.image, "graph file missing")
