@@ -30,6 +30,7 @@ from .wire import DEFAULT_MAX_MESSAGE_BYTES, REQUEST_ID_KEY, channel_options
 
 ImageLike = bytes | str | Path
 T = TypeVar("T")
+C = TypeVar("C")  # a sync or an asyncio channel
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,6 @@ def to_numpy(response: pb.EmbedResponse) -> Embeddings:
     return Embeddings(vectors, aggregate, response.model)
 
 
-def _credentials(root_ca: bytes | None, cert: bytes | None, key: bytes | None) -> grpc.ChannelCredentials:
-    return grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key, certificate_chain=cert)
-
-
 def retryable(exc: grpc.RpcError) -> bool:
     """Whether a failed call is safe and useful to repeat. Embedding is a pure function of the
     request, so the only question is whether the server refused or dropped it:
@@ -139,15 +136,22 @@ class ClientConfig:
             delay *= 2
 
 
+def open_channel(config: ClientConfig, secure: Callable[..., C], insecure: Callable[..., C]) -> C:
+    """A channel to `config.target` with the server's message sizes; `secure`/`insecure` are
+    grpc's or grpc.aio's channel constructors, so the sync and asyncio clients share this."""
+    options = channel_options(config.max_message_bytes)
+    if not config.secure():
+        return insecure(config.target, options=options)
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=config.root_ca, private_key=config.client_key, certificate_chain=config.client_cert
+    )
+    return secure(config.target, creds, options=options)
+
+
 class EmbedderClient:
     def __init__(self, target: str = "127.0.0.1:50051", **config: Any) -> None:
         self.config = ClientConfig(target=target, **config)
-        options = channel_options(self.config.max_message_bytes)
-        if self.config.secure():
-            creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.channel = open_channel(self.config, grpc.secure_channel, grpc.insecure_channel)
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
         self._closed = False  # a call cut short by `close` ends CANCELLED: never retried
@@ -210,12 +214,7 @@ class AsyncEmbedderClient:
 
     def __init__(self, target: str = "127.0.0.1:50051", **config: Any) -> None:
         self.config = ClientConfig(target=target, **config)
-        options = channel_options(self.config.max_message_bytes)
-        if self.config.secure():
-            creds = _credentials(self.config.root_ca, self.config.client_cert, self.config.client_key)
-            self.channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.channel = open_channel(self.config, grpc.aio.secure_channel, grpc.aio.insecure_channel)
         self.stub = pb_grpc.EmbedderStub(self.channel)
         self._closed = False
 
