@@ -3,12 +3,12 @@
 This is the real gate at real model sizes (ViT-B/32 CLIP and ViT-S/14 DINOv2): tiny models can
 hide accumulation error that 12 layers of 384-768 wide blocks do not. The exports are conftest
 session fixtures (`clip_b32_dir`, `dinov2_small_dir`) because the server tests serve them too.
+How long an export takes is a figure of `make bench` (bench/timings.py), not a budget here.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ from embedder.spec import load_spec
 from export.images import parity_images
 
 TOLERANCE = 1e-6
-# 2 cores; 49 s measured at load average ~1, 24 s of it the text tower (export and gate)
-CLIP_EXPORT_BUDGET_S = 90.0
 ALL_IMAGE_NAMES = [image.name for image in parity_images(include_huge=True)]
 FULL_SIZE = {  # fixture -> (hub id, embedding dim of the architecture)
     "clip_b32_export": ("openai/clip-vit-base-patch32", 512),
@@ -48,20 +46,6 @@ def test_full_size_export_passes_the_whole_gate(fixture: str, request: pytest.Fi
     assert report["batch_normalized_max_abs"] <= TOLERANCE
     ops = {node.op_type for node in onnx.load(str(exported.directory / spec.onnx_file)).graph.node}
     assert "Resize" not in ops
-
-
-def test_clip_export_wall_time(clip_b32_export: Any, record_property: Any) -> None:
-    """Export + full gate of ViT-B/32 on 2 cores, measured around the CLI subprocess.
-
-    Wall time is what a user waits for, so that is the budget; CPU time and the load average are
-    recorded beside it so a failure caused by other work on the machine can be told apart.
-    """
-    run = clip_b32_export
-    measured = f"wall {run.seconds:.1f} s, cpu {run.cpu_seconds:.1f} s, load average {os.getloadavg()}"
-    record_property("clip_b32_export_seconds", round(run.seconds, 1))
-    record_property("clip_b32_export_cpu_seconds", round(run.cpu_seconds, 1))
-    print(f"clip-vit-base-patch32 export + gate: {measured}")
-    assert run.seconds < CLIP_EXPORT_BUDGET_S, measured
 
 
 def test_full_size_fixtures_are_named_like_the_committed_models(

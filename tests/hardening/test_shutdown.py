@@ -157,10 +157,12 @@ def test_sigterm_under_load_loses_nothing_and_exits_0(spawn: Callable[..., Serve
     )
     # Whatever else failed never reached a handler, and the bundled client would retry it.
     assert all(not c.answered and c.rid not in accepted and c.retryable for c in unanswered), unanswered
-    # Health: not SERVING within a second of the signal, and never again. What a probe sees is
+    # Health: not SERVING from the start of the drain, and never again. What a probe sees is
     # NOT_SERVING, UNAVAILABLE (refused), or CANCELLED for a Check caught in flight by the stop.
+    # Half the grace is a wide bound for "at the signal": a flip left to the end of the drain would
+    # come after the in-flight calls, at the grace when one hangs. (The delay itself: make bench.)
     first_down = next((t for t, s in health if s != "SERVING"), None)
-    assert first_down is not None and first_down < 1.0, transitions(health)
+    assert first_down is not None and first_down < GRACE_S / 2, transitions(health)
     assert all(s in ("NOT_SERVING", "UNAVAILABLE", "CANCELLED") for t, s in health if t >= first_down), health
     assert server.process.returncode == 0
     assert exited < GRACE_S
@@ -268,5 +270,7 @@ def test_a_stream_no_handler_tracks_holds_shutdown_for_one_second_not_the_grace(
     )
     assert answers[0] == "list_services_response"
     assert server.process.returncode == 0
-    assert STOP_GRACE_S <= exited < STOP_GRACE_S + 2.0
+    # It waited STOP_GRACE_S for the stream (an order: load can only add to it), then cancelled it
+    # rather than wait for the grace: half of it is a wide bound, 3 s past STOP_GRACE_S.
+    assert STOP_GRACE_S <= exited < grace / 2
     assert "still holds calls no handler has" in server.log()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import subprocess
 import time
@@ -26,8 +27,6 @@ from tests.support.processes import ServerProcess, clean_env, free_port
 
 if TYPE_CHECKING:
     from tests.support.inprocess import Served
-
-STARTUP_BUDGET_S = 3.0
 
 
 def embedder(*args: str | Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -173,37 +172,28 @@ def test_serve_refuses_to_start_on_bad_configuration(
 
 
 @pytest.mark.slow
-def test_full_size_clip_starts_serving_within_budget(
+def test_full_size_clip_preloaded_serves_both_graphs_at_its_first_serving(
     serve_process: Callable[..., ServerProcess], clip_b32_dir: Path, tmp_path: Path
 ) -> None:
-    """Process start -> first SERVING health answer, with the full-size CLIP (image and text graphs)
-    preloaded, warmed and self-checked. The best of three starts is held to the budget: other work
-    on the machine can only add to a start's time, and one start is at its mercy."""
+    """Process start -> first SERVING health answer with the full-size CLIP: by then both graphs
+    are loaded, warmed and self-checked (their own health SERVING, the log's load lines written).
+    How long that takes is a figure of `make bench` (cold start), not a budget here."""
     models = tmp_path / "models"
     models.mkdir()
     (models / clip_b32_dir.name).symlink_to(clip_b32_dir, target_is_directory=True)  # read-only use
-    for file in clip_b32_dir.iterdir():
-        file.read_bytes()  # page cache warm, as after a deploy's pull
-
-    starts = []
-    for _ in range(3):
-        server = serve_process(models, EMBEDDER_PRELOAD="1")
-        starts.append(server.wait_serving(poll_s=0.01))
-        with grpc.insecure_channel(server.address) as channel:
-            for service in (clip_b32_dir.name, f"{clip_b32_dir.name}/text"):
-                request = health_pb2.HealthCheckRequest(service=service)
-                status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
-                assert status.status == health_pb2.HealthCheckResponse.SERVING, service  # preloaded
-        server.process.send_signal(signal.SIGTERM)
-        server.process.wait(30)
-        assert server.process.returncode == 0
-
-    print(
-        f"\nembedder serve --preload ({clip_b32_dir.name}): SERVING after",
-        ", ".join(f"{s:.2f}" for s in starts),
-        "s",
-    )
-    assert min(starts) < STARTUP_BUDGET_S, f"start-up took {min(starts):.2f} s at best"
+    server = serve_process(models, EMBEDDER_PRELOAD="1")
+    server.wait_serving(poll_s=0.01)
+    with grpc.insecure_channel(server.address) as channel:
+        for service in (clip_b32_dir.name, f"{clip_b32_dir.name}/text"):
+            request = health_pb2.HealthCheckRequest(service=service)
+            status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING, service  # preloaded
+    log = server.log()
+    for graph in (clip_b32_dir.name, f"{clip_b32_dir.name} (text)"):
+        assert re.search(rf"model {re.escape(graph)} loaded in .*golden self-check passed", log), log
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(30)
+    assert server.process.returncode == 0
 
 
 # --- settings: flags over EMBEDDER_* over defaults ------------------------------------------------
