@@ -225,4 +225,34 @@ def render(results: dict[str, Any]) -> str:
         ),
         "",
     ]
+    if results.get("timings"):
+        lines += _timings_section(results["timings"])
     return "\n".join(lines)
+
+
+def _timings_section(t: dict[str, Any]) -> list[str]:
+    """bench/timings.py: figures `make test` no longer holds to wall-clock budgets."""
+    e, cpu, down, o = t["export"], t["idle_cpu_s"], t["shutdown"], t["overload"]
+    return [
+        "### Timings (properties in `make test`, figures here)",
+        "",
+        (
+            f"- Export + parity gate of `{e['source']}` (random-init): {e['wall_s']:.1f} s wall, "
+            f"{e['cpu_s']:.1f} s CPU, load average {e['load_average']:.2f} at the end."
+        ),
+        (
+            f"- CPU seconds in 1 s of idle gaps right after runs: served session {cpu['served']:.3f}, "
+            f"ORT's default spinning {cpu['spinning_control']:.3f}."
+        ),
+        (
+            f"- SIGTERM to exit, idle server, grace {down['grace_s']:.0f} s: with an open health Watch "
+            f"{down['health_watch_open_s']:.2f} s (the Watch saw NOT_SERVING after {down['not_serving_after_s']:.3f} s); "
+            f"with an open reflection stream {down['reflection_stream_open_s']:.2f} s."
+        ),
+        (
+            f"- Overload ({o['model']}, 640x480 JPEGs, --max-queue-images 32): capacity {o['capacity_calls_per_s']:.1f} "
+            f"calls/s (8 callers); {o['offered_per_s']:.1f} calls/s offered for {o['load_s']:.0f} s, answers {o['codes']}; "
+            f"single-call p50 {o['idle_p50_ms']:.1f} ms idle, {o['after_load_p50_ms']:.1f} ms right after the load."
+        ),
+        "",
+    ]
