@@ -19,7 +19,7 @@ import numpy as np
 
 from embedder.repository import ModelEntry
 from embedder.runtime import open_session, run_text
-from embedder.text import TextTokenizer, collate
+from embedder.text import TextTokenizer
 from tests.support.processes import ServerProcess
 
 from .service import run_load
@@ -109,11 +109,11 @@ def p50_ms(step: Any, calls: int) -> float:
 def model_rate(session: Any, tokenizer: TextTokenizer, texts: list[str], batch: int, seconds: float) -> float:
     """texts/s of the graph alone on random batches of `batch` of `texts`, tokenized beforehand."""
     rng, rows = random.Random(batch), tokenizer.encode(texts)
-    batches = [collate(rng.sample(rows, batch), tokenizer.spec.pad_id) for _ in range(16)]
-    run_text(session, *batches[0])
+    batches = [tokenizer.feeds(rng.sample(rows, batch)) for _ in range(16)]
+    run_text(session, batches[0])
     done, started = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - started) < seconds:
-        run_text(session, *batches[done % len(batches)])
+        run_text(session, batches[done % len(batches)])
         done += 1
     return done * batch / elapsed
 
@@ -125,7 +125,7 @@ def bench_text(entry: ModelEntry, server: ServerProcess, scratch: Path, seconds:
     session = open_session(entry.directory / spec.onnx_file, len(__import__("os").sched_getaffinity(0)))
     query = tokenizer.encode([SHORT_QUERY])
     calls = 50 if seconds < 5 else 300
-    short_model = p50_ms(lambda: run_text(session, *collate(query, spec.pad_id)), calls)
+    short_model = p50_ms(lambda: run_text(session, tokenizer.feeds(query)), calls)
     (scratch / "query.txt").write_text(SHORT_QUERY + "\n", encoding="utf-8")
     texts = text_set(tokenizer)
     (scratch / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")

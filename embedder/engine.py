@@ -37,7 +37,6 @@ from .runtime import run, run_text
 from .sessions import Graph, Loaded, SessionCache
 from .settings import Settings
 from .sources import ImageSource, SourceReader
-from .text import collate
 from .turns import CpuTurns
 
 log = logging.getLogger(__name__)
@@ -323,5 +322,4 @@ class Engine:
 
 def _run_texts(loaded: Loaded, rows: list[np.ndarray]) -> np.ndarray:
     assert loaded.tokenizer is not None
-    ids, mask = collate(rows, loaded.tokenizer.spec.pad_id)
-    return run_text(loaded.session, ids, mask)
+    return run_text(loaded.session, loaded.tokenizer.feeds(rows))

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from .preprocess import Preprocessor, decode
 from .runtime import run, run_text
 from .spec import ModelSpec, file_sha256
-from .text import TextTokenizer, collate
+from .text import TextTokenizer
 
 # L2-normalised max-abs a served vector may differ from PyTorch's. The gate holds 1e-6 where it
 # ran; other SIMD kernels reorder sums (measured: docs/operations.md, "Verifying a deployment").
@@ -134,8 +134,8 @@ def check_texts(
     golden: GoldenSet, tokenizer: TextTokenizer, session: ort.InferenceSession
 ) -> tuple[float, str]:
     """The golden texts through the tokenizer -> `session`, as one padded batch."""
-    ids, mask = collate(tokenizer.encode(golden.texts), tokenizer.spec.pad_id)
-    return compare(run_text(session, ids, mask), golden.text_vectors, golden.texts)
+    feeds = tokenizer.feeds(tokenizer.encode(golden.texts))
+    return compare(run_text(session, feeds), golden.text_vectors, golden.texts)
 
 
 def measure(check: Callable[[], tuple[float, str]], items: int) -> SelfCheck:

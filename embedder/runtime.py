@@ -76,7 +76,7 @@ def run(session: ort.InferenceSession, pixel_values: np.ndarray) -> np.ndarray:
     return np.asarray(embedding, dtype=np.float32)
 
 
-def run_text(session: ort.InferenceSession, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """One batch through the text graph contract: input_ids, attention_mask int64 [N,L] -> embedding [N,D]."""
-    (embedding,) = session.run(["embedding"], {"input_ids": input_ids, "attention_mask": attention_mask})
+def run_text(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """One batch through the text graph contract: its int64 [N,L] inputs -> embedding [N,D]."""
+    (embedding,) = session.run(["embedding"], feeds)
     return np.asarray(embedding, dtype=np.float32)

@@ -193,8 +193,7 @@ class SessionCache:
                 tokenizer = TextTokenizer.load(entry.directory / text.tokenizer_file, text)
             except (ValueError, OSError) as exc:  # ValueError: also what tokenizers raises on a bad file
                 raise ModelUnavailable(f"model {entry.name!r}: tokenizer refused: {exc}") from None
-            ids = np.array([[text.start_of_text_id, text.end_of_text_id]], dtype=np.int64)
-            warm = run_text(session, ids, np.ones_like(ids))  # also checks the contract
+            warm = run_text(session, tokenizer.feeds(tokenizer.encode([""])))  # also checks the contract
         else:
             height, width = entry.spec.preprocessing.input_size()
             warm = run(session, np.zeros((1, 3, height, width), dtype=np.float32))  # also checks the contract

@@ -16,6 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .families import FAMILIES
+
 SCHEMA_VERSION: Literal[1] = 1
 SPEC_FILE = "model.json"
 PARITY_FILE = "parity.json"
@@ -33,7 +35,7 @@ RESAMPLE_CODES: dict[str, int] = {
 }
 Resample = Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"]
 # The poolings each family's graph can be exported with; the first is the family's default.
-POOLINGS: dict[str, tuple[str, ...]] = {"clip": ("projected",), "dinov2": ("cls", "mean", "cls+mean")}
+POOLINGS: dict[str, tuple[str, ...]] = {name: family.poolings for name, family in FAMILIES.items()}
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
 
 
@@ -145,12 +147,16 @@ class TextParity(_Frozen):
 
 
 class TextTower(_Frozen):
-    """CLIP's text tower, a second graph beside the image one.
+    """A text tower: a second graph beside the image one, embedding into the same space.
 
-    Graph contract: `input_ids` and `attention_mask` int64 [N, L] (L <= max_length, padded with
-    pad_id where the mask is 0) -> `embedding` float32 [N, D], D the image tower's. The tokenizer
-    is a `tokenizers` JSON file; a text longer than max_length tokens loses its last words, and
-    keeps its start-of-text and end-of-text tokens (the fast tokenizer's truncation=True).
+    Graph contract: `input_ids` (and `attention_mask`, where `input_names` lists it) int64 [N, L]
+    -> `embedding` float32 [N, D], D the image tower's. How a text becomes ids is data, so a new
+    tokenizer needs no code: the text is lowercased first when `lowercase` is set (Python's
+    `str.lower()`, as the model's training code did it); the checkpoint's `tokenizers` JSON file
+    frames it (with `start_of_text_id` first, or none where that is null, and `end_of_text_id`
+    last); a text over max_length tokens loses its last words and keeps its end token; rows are
+    padded with pad_id to the batch's longest text, or always to max_length where the model
+    pools a fixed position (`padding: max_length`); padded positions are 0 in the mask.
     """
 
     onnx_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
@@ -159,10 +165,15 @@ class TextTower(_Frozen):
     tokenizer_sha256: str = Field(pattern=SHA256)
     max_length: int = Field(ge=3, le=1024)
     pad_id: int = Field(ge=0)
-    start_of_text_id: int = Field(ge=0)
+    start_of_text_id: int | None = Field(ge=0)
     end_of_text_id: int = Field(ge=0)
+    lowercase: bool = False
+    padding: Literal["longest", "max_length"] = "longest"
     truncation: Literal["keep_end_of_text"] = "keep_end_of_text"
-    input_names: tuple[Literal["input_ids"], Literal["attention_mask"]] = ("input_ids", "attention_mask")
+    input_names: tuple[Literal["input_ids"]] | tuple[Literal["input_ids"], Literal["attention_mask"]] = (
+        "input_ids",
+        "attention_mask",
+    )
     output_name: Literal["embedding"] = "embedding"
     parity: TextParity | None = None
 
@@ -190,7 +201,7 @@ class ModelSpec(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN)
     aliases: tuple[str, ...] = ()
-    family: Literal["clip", "dinov2"]
+    family: str
     pooling: Literal["projected", "cls", "mean", "cls+mean"]
     embedding_dim: int = Field(gt=0, le=65536)
     input_name: Literal["pixel_values"] = "pixel_values"
@@ -214,11 +225,18 @@ class ModelSpec(_Frozen):
             raise ValueError("aliases must be unique, non-empty hub-id-like strings")
         return aliases
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        return family
+
     @model_validator(mode="after")
     def _pooling_fits_family(self) -> ModelSpec:
-        if self.pooling not in POOLINGS[self.family]:
+        if self.pooling not in FAMILIES[self.family].poolings:
             raise ValueError(f"pooling {self.pooling!r} is not valid for family {self.family!r}")
-        if self.text is not None and self.family != "clip":
+        if self.text is not None and not FAMILIES[self.family].text:
             raise ValueError(f"family {self.family!r} has no text tower")
         if self.text is not None and self.text.onnx_file == self.onnx_file:
             raise ValueError("the text tower needs a graph file of its own")

@@ -1,9 +1,10 @@
-"""Texts -> token ids for CLIP's text tower, torch- and transformers-free.
+"""Texts -> the text graph's inputs, torch- and transformers-free, by the rules in model.json.
 
-The tokenizer is the checkpoint's own `tokenizer.json`, run by the `tokenizers` library: the same
-Rust code transformers' fast CLIP tokenizer runs, configured the way `tokenizer(texts,
-truncation=True, max_length=...)` configures it. The export gate proves the ids equal
-transformers' on its text set; `load` checks the file still frames a text as the spec says.
+The tokenizer is the checkpoint's own `tokenizer.json`, run by the `tokenizers` library (the Rust
+code transformers' fast tokenizers run), with truncation to max_length as `tokenizer(texts,
+truncation=True, max_length=...)` configures it. Lowercasing, padding and which inputs the graph
+takes come from the spec (`TextTower`). The export gate proves the ids equal transformers' on its
+text set; `TextTokenizer` checks at load that the file still frames a text as the spec says.
 """
 
 from __future__ import annotations
@@ -20,30 +21,42 @@ class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer, spec: TextTower) -> None:
         self.spec = spec
         self._tokenizer = tokenizer
-        self._tokenizer.no_padding()  # padding happens per batch, to the batch's longest text
+        self._tokenizer.no_padding()  # padding happens per batch (`feeds`), as the spec says
         self._tokenizer.enable_truncation(max_length=spec.max_length)
         framed = self.encode([""])[0].tolist()
-        if framed != [spec.start_of_text_id, spec.end_of_text_id]:
-            raise ValueError(
-                f"the tokenizer frames an empty text as {framed}, model.json says "
-                f"[{spec.start_of_text_id}, {spec.end_of_text_id}]"
-            )
+        expected = [i for i in (spec.start_of_text_id, spec.end_of_text_id) if i is not None]
+        if framed != expected:
+            raise ValueError(f"the tokenizer frames an empty text as {framed}, model.json says {expected}")
 
     @classmethod
     def load(cls, path: Path, spec: TextTower) -> TextTokenizer:
         return cls(Tokenizer.from_file(str(path)), spec)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """One int64 id array per text, start- and end-of-text tokens included, at most max_length."""
+        """One int64 id array per text, its framing tokens included, at most max_length long."""
+        if self.spec.lowercase:
+            texts = [text.lower() for text in texts]
         return [np.asarray(e.ids, dtype=np.int64) for e in self._tokenizer.encode_batch(texts)]
 
+    def feeds(self, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Rows of ids -> the graph's inputs [N, L], padded at the end with pad_id."""
+        return collate(rows, self.spec)
 
-def collate(rows: list[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of ids -> `input_ids`, `attention_mask` [N, L], padded at the end to the longest."""
-    length = max(len(row) for row in rows)
-    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+
+def pad(rows: list[np.ndarray], spec: TextTower) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ids -> ids and mask [N, L], padded at the end with pad_id: L is the longest row, or
+    max_length for `padding: max_length`."""
+    length = spec.max_length if spec.padding == "max_length" else max(len(row) for row in rows)
+    ids = np.full((len(rows), length), spec.pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), length), dtype=np.int64)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
     return ids, mask
+
+
+def collate(rows: list[np.ndarray], spec: TextTower) -> dict[str, np.ndarray]:
+    """Rows of ids -> the inputs the graph takes (`input_ids`, and `attention_mask` where listed)."""
+    ids, mask = pad(rows, spec)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    return {name: feeds[name] for name in spec.input_names}

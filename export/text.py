@@ -7,7 +7,7 @@ by model.json's `text` section (`embedder.spec.TextTower`).
 
 Gate, for every text of the committed set (export/parity_texts.py):
 - the ids and attention mask of the server's tokenizer (`embedder.text.TextTokenizer` +
-  `collate`) equal those of `AutoTokenizer.from_pretrained(checkpoint)` (the fast tokenizer)
+  `pad`) equal those of `AutoTokenizer.from_pretrained(checkpoint)` (the fast tokenizer)
   called with `truncation=True, max_length=77`, one text at a time and as one padded batch;
 - the L2-normalised embedding of the graph, in a session configured as the server's, is within
   1e-6 (max-abs) of PyTorch's `get_text_features` on the transformers ids;
@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 from embedder.cpus import plan_threads
 from embedder.runtime import open_session, run_text
 from embedder.spec import TextParity, TextTower, file_sha256
-from embedder.text import TextTokenizer, collate
+from embedder.text import TextTokenizer, collate, pad
 
 from .convert import export_text_onnx
 from .families import Loaded
@@ -165,7 +165,7 @@ class TextReport:
     slow_tokenizer: str
     texts: list[TextResult]
     batch_shape: tuple[int, int]
-    batch_tokens_identical: bool  # collate(ours) == the fast tokenizer's padding=True batch
+    batch_tokens_identical: bool  # pad(ours) == the fast tokenizer's padding=True batch
     batch_normalized_max_abs: float
     spec_names_this_graph: bool  # model.json's text.onnx_sha256 is this file's
     spec_names_this_tokenizer: bool  # model.json's text.tokenizer_sha256 is this file's
@@ -314,7 +314,7 @@ def compare_text(
 ) -> tuple[TextResult, np.ndarray | None]:
     """One text: tokens against transformers', then our graph against PyTorch on transformers' ids."""
     hf = fast(item.text, truncation=True, max_length=tower.max_length)
-    ids, mask = collate([ours], tower.pad_id)
+    ids, mask = pad([ours], tower)
     ours_ids = ids[0].tolist()
     slow_ids = None
     if slow is not None:
@@ -323,7 +323,7 @@ def compare_text(
     reference = torch_text_vector(model, hf)
     error, vector = "", None
     try:
-        vector = run_text(session, ids, mask)[0]
+        vector = run_text(session, collate([ours], tower))[0]
     except Exception as exc:  # noqa: BLE001 - a graph or tokenizer that cannot run this text fails it
         error = f"the text graph cannot run it: {type(exc).__name__}: {str(exc)[:200]}"
     result = TextResult(
@@ -409,7 +409,7 @@ def run_text_gate(
             result, vector = compare_text(index, item, row, fast, slow, model, session, tower, tolerance)
             report.texts.append(result)
             singles.append(vector)
-    ids, mask = collate(rows, tower.pad_id)
+    ids, mask = pad(rows, tower)
     report.batch_shape = (int(ids.shape[0]), int(ids.shape[1]))
     hf = fast(
         [item.text for item in texts],
@@ -422,7 +422,7 @@ def run_text_gate(
         hf["attention_mask"], mask
     )
     try:
-        batch = run_text(session, ids, mask)
+        batch = run_text(session, collate(rows, tower))
         report.batch_normalized_max_abs = max(
             float(np.abs(_unit(b) - _unit(s)).max()) if s is not None else WORST_MAX_ABS
             for b, s in zip(batch, singles)

@@ -24,7 +24,7 @@ from transformers import AutoTokenizer, CLIPModel
 
 from embedder.runtime import open_session, run_text
 from embedder.spec import ModelSpec, load_spec
-from embedder.text import TextTokenizer, collate
+from embedder.text import TextTokenizer, collate, pad
 from export.parity_texts import parity_texts
 from tests.support.graphs import perturb_first_layernorm
 
@@ -121,7 +121,11 @@ def test_text_graph_has_the_contract(tiny_clip_dir: Path) -> None:
     for batch, length in ((1, 2), (3, 9), (2, MAX_TOKENS)):
         ids = rng.integers(0, 49406, (batch, length))
         ids[:, 0], ids[:, -1] = 49406, 49407
-        got = run_text(session, ids.astype(np.int64), np.ones((batch, length), dtype=np.int64))
+        feeds = {
+            "input_ids": ids.astype(np.int64),
+            "attention_mask": np.ones((batch, length), dtype=np.int64),
+        }
+        got = run_text(session, feeds)
         assert got.shape == (batch, spec.embedding_dim) and got.dtype == np.float32
 
 
@@ -169,20 +173,20 @@ def test_checkpoint_export_equals_transformers_and_pytorch(
     rows = ours.encode(TEXTS)
     expected = hf(TEXTS, truncation=True, max_length=MAX_TOKENS)["input_ids"]
     assert [row.tolist() for row in rows] == expected
-    ids, mask = collate(rows, spec.text.pad_id)
+    ids, mask = pad(rows, spec.text)
     padded = hf(TEXTS, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="np")
     assert np.array_equal(ids, padded["input_ids"]) and np.array_equal(mask, padded["attention_mask"])
 
     model = CLIPModel.from_pretrained(checkpoint).eval()
     session = open_session(checkpoint_export / spec.text.onnx_file, 1)
-    batch = run_text(session, ids, mask)
+    batch = run_text(session, collate(rows, spec.text))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # hundreds of tiny forward passes: two threads only wait on each other
     try:
         for i, row in enumerate(rows):
             with torch.no_grad():
                 reference = model.get_text_features(input_ids=torch.tensor(row[None])).numpy()
-            single = run_text(session, row[None], np.ones((1, len(row)), dtype=np.int64))
+            single = run_text(session, collate([row], spec.text))
             assert np.abs(unit(single) - unit(reference)).max() <= TOLERANCE, TEXTS[i]
             assert np.abs(unit(batch[i]) - unit(single[0])).max() <= TOLERANCE, TEXTS[i]
     finally:
@@ -332,4 +336,5 @@ def test_full_size_text_half_passes(clip_b32_export: Any) -> None:
     assert report["batch_normalized_max_abs"] <= TOLERANCE and report["batch_tokens_identical"]
     session = open_session(directory / spec.text.onnx_file, 1)
     ids = np.array([[49406, 320, 1125, 539, 320, 2368, 49407]], dtype=np.int64)
-    assert run_text(session, ids, np.ones_like(ids)).shape == (1, spec.embedding_dim) == (1, 512)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    assert run_text(session, feeds).shape == (1, spec.embedding_dim) == (1, 512)
