@@ -20,7 +20,7 @@ from embedder.golden import GoldenSet, write_golden
 from embedder.preprocess import Preprocessor
 from embedder.runtime import open_session, run, run_text
 from embedder.spec import SPEC_FILE, Golden, file_sha256, load_spec, write_spec
-from embedder.text import TextTokenizer, collate
+from embedder.text import TextTokenizer
 
 from .families import Loaded
 from .images import ParityImage
@@ -61,7 +61,7 @@ def write_golden_set(model_dir: Path, loaded: Loaded, images: list[ParityImage],
         if own_outputs:
             tokenizer = TextTokenizer.load(model_dir / tower.tokenizer_file, tower)
             text_session = open_session(model_dir / tower.onnx_file, plan_threads().intra_op)
-            text_vectors = run_text(text_session, *collate(tokenizer.encode(texts), tower.pad_id))
+            text_vectors = run_text(text_session, tokenizer.feeds(tokenizer.encode(texts)))
         else:
             fast = fast_tokenizer(loaded.source)
             tokenized = (fast(text, truncation=True, max_length=tower.max_length) for text in texts)
