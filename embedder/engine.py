@@ -90,18 +90,19 @@ class Engine:
         self._batchers: dict[Graph, Batcher] = {}
         self._batchers_lock = threading.Lock()
 
-    def batcher(self, name: str, modality: str = IMAGE) -> Batcher:
+    def batcher(self, entry: ModelEntry, modality: str = IMAGE) -> Batcher:
+        graph = (entry.name, modality)
         with self._batchers_lock:
-            if (name, modality) not in self._batchers:
-                spec, settings = self.repository.entries[name].spec, self.settings
+            if graph not in self._batchers:
+                settings = self.settings
                 if modality == TEXT:
                     max_batch, max_queue = settings.max_text_batch_size, settings.max_queue_texts
                 else:
-                    max_batch = settings.max_batch_size if spec.batch_invariant else 1
+                    max_batch = settings.max_batch_size if entry.spec.batch_invariant else 1
                     max_queue = settings.max_queue_images
-                self._batchers[(name, modality)] = Batcher(
-                    name,
-                    lambda: self._runner(name, modality),
+                self._batchers[graph] = Batcher(
+                    entry.name,
+                    lambda: self._runner(entry, modality),
                     max_batch=max_batch,
                     max_delay_s=settings.max_batch_delay_ms / 1000,
                     max_queue=max_queue,
@@ -109,21 +110,21 @@ class Engine:
                     turns=self.turns,
                     modality=modality,
                 )
-            return self._batchers[(name, modality)]
+            return self._batchers[graph]
 
-    def _runner(self, name: str, modality: str) -> RunBatch:
+    def _runner(self, entry: ModelEntry, modality: str) -> RunBatch:
         """What runs a batch, with the graph loaded now if it was evicted since admission."""
-        loaded = self.cache.get(name, modality)
+        loaded = self.cache.get(entry, modality)
         if modality == TEXT:
-            return lambda rows: self._run(name, modality, len(rows), lambda: _run_texts(loaded, rows))
+            return lambda rows: self._run(entry, modality, len(rows), lambda: _run_texts(loaded, rows))
         return lambda tensors: self._run(
-            name, modality, len(tensors), lambda: run(loaded.session, np.stack(tensors))
+            entry, modality, len(tensors), lambda: run(loaded.session, np.stack(tensors))
         )
 
-    def _run(self, name: str, modality: str, size: int, go: Callable[[], np.ndarray]) -> np.ndarray:
+    def _run(self, entry: ModelEntry, modality: str, size: int, go: Callable[[], np.ndarray]) -> np.ndarray:
         """One batch through a graph, held to its contract: a graph that fails or gives the wrong
         shape is the model's fault (UNAVAILABLE), not the request's or the server's."""
-        dim = self.repository.entries[name].spec.embedding_dim
+        name, dim = entry.name, entry.spec.embedding_dim
         try:
             vectors = go()
         except Exception as exc:
@@ -187,7 +188,7 @@ class Engine:
         """The graph, loaded in a helper thread if it is not resident: an unusable graph fails
         before any work, and a load never runs on the event loop."""
         loaded = self.cache.cached(entry.name, modality)
-        return loaded if loaded is not None else await asyncio.to_thread(self.cache.get, entry.name, modality)
+        return loaded if loaded is not None else await asyncio.to_thread(self.cache.get, entry, modality)
 
     async def _infer(
         self,
@@ -203,7 +204,7 @@ class Engine:
         at its index."""
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExpired("deadline passed before the request was admitted")  # not "retry later"
-        batcher = self.batcher(entry.name, modality)
+        batcher = self.batcher(entry, modality)
         cancelled = threading.Event()
 
         def check() -> None:  # no work for a call that is gone

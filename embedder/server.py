@@ -199,6 +199,7 @@ class EmbedderServer:
         except BaseException:
             if self._server is not None:
                 self._on_loop(self._server.stop(0))
+                self._server = None
             self._close_loop()
             raise
         if self.settings.metrics_address:
@@ -298,8 +299,9 @@ class EmbedderServer:
         if state is ModelState.UNAVAILABLE:
             log.warning("model %s not preloaded: %s", describe(graph), error)
             return
+        name, modality = graph
         try:
-            self.cache.get(*graph)
+            self.cache.get(self.repository.entries[name], modality)
         except EmbedderError as exc:
             log.error("model %s failed to preload: %s", describe(graph), exc.message)
 

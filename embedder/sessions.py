@@ -114,22 +114,20 @@ class SessionCache:
         with self._lock:
             return list(self._resident)
 
-    def get(self, name: str, modality: str = IMAGE) -> Loaded:
+    def get(self, entry: ModelEntry, modality: str = IMAGE) -> Loaded:
         """The graph ready to run, loading it first if needed (once, however many callers race)."""
-        loaded = self.cached(name, modality)
+        loaded = self.cached(entry.name, modality)
         if loaded is not None:
             return loaded
-        graph = (name, modality)
+        graph = (entry.name, modality)
         if graph in self._refused:
             raise ModelUnavailable(self._refused[graph])
         if graph not in self._graph_locks:
-            raise ModelUnavailable(
-                self.repository.entries[name].unavailable_reason(modality) or "no such graph"
-            )
+            raise ModelUnavailable(entry.unavailable_reason(modality) or "no such graph")
         with self._graph_locks[graph]:
-            loaded = self.cached(name, modality)
+            loaded = self.cached(entry.name, modality)
             if loaded is None:
-                loaded = self._load(self.repository.entries[name], modality)
+                loaded = self._load(entry, modality)
         return loaded
 
     def cached(self, name: str, modality: str = IMAGE) -> Loaded | None:

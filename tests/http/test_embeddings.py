@@ -102,7 +102,9 @@ def test_modality_forces_one_reading(http_server: Served, jpegs: list[bytes]) ->
 
 
 def test_usage_counts_the_tokenizers_ids_and_no_image_tokens(http_server: Served, jpegs: list[bytes]) -> None:
-    tokenizer = http_server.server.engine.cache.get(CLIP, "text").tokenizer
+    tokenizer = http_server.server.engine.cache.get(
+        http_server.server.repository.entries[CLIP], "text"
+    ).tokenizer
     assert tokenizer is not None
     texts = ["a cat", "a photo of a red bicycle " * 10]  # the second is cut at 77 tokens
     counted = sum(len(ids) for ids in tokenizer.encode(texts))
