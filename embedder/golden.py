@@ -2,7 +2,8 @@
 
 The export gate proves a graph on the machine that exported it. A server may run elsewhere:
 another CPU (AVX-512 picks other ORT kernels), other library versions, a half-copied models
-folder. So each export keeps a few of the gate's inputs with PyTorch's vectors (`golden.npz`);
+folder. So each export keeps a few of the gate's inputs with reference vectors (`golden.npz`:
+PyTorch's for an fp32 export, the graph's own for an int8 variant, which the gate held to fp32);
 when a graph loads, the server embeds them through its own path (decode, preprocessing or the
 tokenizer, the very session it will serve with) and compares. `embedder verify` does the same
 from outside, over gRPC.
@@ -42,7 +43,7 @@ class GoldenError(ValueError):
 class GoldenSet:
     names: list[str]
     images: list[bytes]
-    vectors: np.ndarray  # [K, D] PyTorch's vectors of the images
+    vectors: np.ndarray  # [K, D] reference vectors of the images (PyTorch's, or int8's own)
     texts: list[str]
     text_vectors: np.ndarray  # [T, D], T may be 0
 

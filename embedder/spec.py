@@ -189,7 +189,8 @@ class TextTower(_Frozen):
 
 
 class Golden(_Frozen):
-    """A few of the gate's inputs with PyTorch's vectors, which the server re-embeds at load."""
+    """A few of the gate's inputs with reference vectors (PyTorch's for an fp32 export, the graph's
+    own for an int8 variant), which the server re-embeds at load."""
 
     file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.npz$")
     sha256: str = Field(pattern=SHA256)
