@@ -345,15 +345,20 @@ def test_gate_passes_again_on_an_unchanged_export(
     assert without_parity(after) == without_parity(before)  # the gate rewrites its summary only
 
 
-def test_gate_exit_status_agrees_with_the_model_json_it_writes(
+def test_gate_fails_on_a_model_json_naming_another_graph(
     tiny_clip_dir: Path, run_parity: Callable[..., Any], tmp_path: Path
 ) -> None:
-    """A model.json that names another graph (stale onnx_sha256): whichever way the gate resolves
-    that (fail, or record the new hash), its exit status must match what the server will see."""
+    """A model.json that names another graph (stale onnx_sha256) fails the gate (docs/models.md:
+    "`model.json`'s `onnx_sha256` is this graph's"): exit 1, the reason printed, and a model.json
+    the server will not take as verified. The hash is kept, not rewritten to the graph's."""
     directory = copy_model(tiny_clip_dir, tmp_path)
     edit_spec(directory, lambda body: body.update(onnx_sha256="0" * 64))
     process = run_parity(directory, "--no-huge")
-    assert (process.returncode == 0) == load_spec(directory / "model.json").verified, output(process)
+    assert process.returncode == 1, output(process)
+    assert "onnx_sha256 mismatch" in process.stderr and "not this graph's" in process.stdout, output(process)
+    after = load_spec(directory / "model.json")
+    assert after.onnx_sha256 == "0" * 64 and not after.verified
+    assert after.parity is not None and not after.parity.verified
 
 
 def without_parity(spec: ModelSpec) -> ModelSpec:

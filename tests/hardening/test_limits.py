@@ -4,13 +4,14 @@ message naming the setting and its value, and the server keeps answering."""
 from __future__ import annotations
 
 import io
+import tracemalloc
 import zlib
 from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from embedder.client import EmbedderClient
 from embedder.settings import Settings
@@ -25,6 +26,7 @@ Serve = Callable[..., Served]
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 GRPC_DEFAULT_RECEIVE = 4 * MiB
+TEXT_CAP = MiB  # Pillow's PngImagePlugin.MAX_TEXT_CHUNK
 
 
 def padded(data: bytes, size: int) -> bytes:
@@ -113,14 +115,38 @@ def test_message_over_max_message_bytes_is_refused_on_both_sides(serve: Serve, g
         assert client.embed(CLIP, [good_jpeg]).embeddings.shape[0] == 1  # and the server still answers
 
 
-def test_compressed_text_bomb_is_capped_by_pillow(serve: Serve) -> None:
-    """A 200 MiB zlib stream in a PNG text chunk: Pillow inflates at most MAX_TEXT_CHUNK of it."""
-    served = serve()
-    text = zlib.compress(bytes(200 << 20), 9)
+def text_chunk_png(inflated_bytes: int) -> bytes:
+    """A 32x32 photo whose zTXt chunk inflates to `inflated_bytes` zeros."""
     photo = np.asarray(picture(32, 32, 1))
     rows = zlib.compress(b"".join(b"\x00" + photo[y].tobytes() for y in range(32)))
-    data = png(32, 32, rows, chunk(b"zTXt", b"Comment\x00\x00" + text))
+    text = zlib.compress(bytes(inflated_bytes), 9)
+    return png(32, 32, rows, chunk(b"zTXt", b"Comment\x00\x00" + text))
+
+
+def test_compressed_text_bomb_is_capped_by_pillow(serve: Serve) -> None:
+    """A zTXt chunk inflates to at most Pillow's MAX_TEXT_CHUNK (1 MiB, as Pillow documents it):
+    at the cap the image is served as if the chunk were not there, one byte over it is refused,
+    and a 200 MiB zlib stream is refused without being inflated."""
+    served = serve()
+    assert PngImagePlugin.MAX_TEXT_CHUNK == TEXT_CAP  # the cap the server's Pillow applies
+    plain = served.vectors(encode(picture(32, 32, 1), "PNG"), model=CLIP)
+    np.testing.assert_array_equal(served.vectors(text_chunk_png(TEXT_CAP), model=CLIP), plain)
+    error = served.error(image_request(text_chunk_png(TEXT_CAP + 1)))
+    assert error.code() == INVALID and error.details().startswith("image 0: "), error.details()
+    assert "MAX_TEXT_CHUNK" in error.details(), error.details()
+
+    bomb = text_chunk_png(200 * MiB)
+    assert len(bomb) < MiB
+    # Python's allocations in the whole server process while it handles the bomb (zlib's output
+    # is a Python bytes object, so an uncapped inflate would show as 200 MiB): the 32 MiB bound
+    # leaves room for the request's copies and the 1 MiB cap, and none for the inflated stream.
+    tracemalloc.start()
     try:
-        served.vectors(data, model=CLIP)
-    except grpc.RpcError as exc:
-        assert exc.code() == INVALID and exc.details().startswith("image 0: "), exc.details()
+        error = served.error(image_request(bomb))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    print(f"\n200 MiB zTXt bomb ({len(bomb)} bytes): {error.code().name}; Python peak {peak / MiB:.1f} MiB")
+    assert error.code() == INVALID and "MAX_TEXT_CHUNK" in error.details(), error.details()
+    assert peak < 32 * MiB, f"{peak / MiB:.1f} MiB allocated: the text chunk was inflated past the cap"
+    np.testing.assert_array_equal(served.vectors(encode(picture(32, 32, 1), "PNG"), model=CLIP), plain)

@@ -18,6 +18,7 @@ from embedder.client import build_request
 from embedder.golden import TOLERANCE, cpu_flags, load_golden, write_golden
 from embedder.spec import SPEC_FILE, file_sha256, load_spec, write_spec
 from embedder.v1 import embedder_pb2 as pb
+from export.parity_texts import parity_texts
 from tests.support.commands import run_module
 from tests.support.images import encode, picture
 from tests.support.inprocess import serving
@@ -60,8 +61,14 @@ def test_exports_carry_a_small_golden_set(tiny_clip_dir: Path, tiny_dinov2_dir: 
         golden = load_golden(path, spec.golden.sha256)
         assert len(golden.images) == spec.golden.images >= 4
         assert golden.vectors.shape == (len(golden.images), spec.embedding_dim)
-        assert len(golden.texts) == spec.golden.texts == (0 if spec.text is None else len(golden.texts))
-    assert load_spec(tiny_clip_dir / SPEC_FILE).golden.texts >= 4  # type: ignore[union-attr]
+        assert len(golden.texts) == spec.golden.texts
+        if spec.text is None:  # DINOv2: no text tower, so no texts
+            assert golden.texts == [] and golden.text_vectors.size == 0
+        else:  # CLIP: at least 4 of the gate's own texts, each with a vector of the model's width
+            assert len(golden.texts) >= 4 and set(golden.texts) <= {t.text for t in parity_texts()}
+            assert golden.text_vectors.shape == (len(golden.texts), spec.embedding_dim)
+    assert load_spec(tiny_clip_dir / SPEC_FILE).text is not None  # both branches above ran
+    assert load_spec(tiny_dinov2_dir / SPEC_FILE).text is None
 
 
 def test_a_matching_golden_set_is_reported_with_its_figure(tiny_models: Path) -> None:

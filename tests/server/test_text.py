@@ -87,7 +87,7 @@ def test_served_text_vectors_are_pytorchs(serve: object, pytorch: Callable[[str]
     )
     worst = int(diffs.argmax())
     print(f"\n{len(texts)} texts through EmbedText vs PyTorch: normalised max-abs {diffs.max():.2e}")
-    assert diffs.max() <= 1e-6, f"{texts[worst]!r}: {diffs[worst]:.2e} from PyTorch"
+    assert diffs.max() <= 1e-6, f"{texts[worst][:80]!r}: {diffs[worst]:.2e} from PyTorch"
 
 
 def test_order_normalisation_and_concurrent_batching(served: Served) -> None:
