@@ -84,8 +84,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-deps -r /requirements/runtime.lock /wheels/*.whl
 # Root-owned and read-only to the server: it only ever reads models.
 RUN mkdir /app/models
-# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas cost ~50 MiB of RSS in the 10-minute soak
-# (tiny model: 200 vs 250 MiB), with the same throughput and latency (see README, Reliability).
+# MALLOC_ARENA_MAX=2 caps glibc's per-thread malloc heaps, where images are decoded: resident
+# memory they hold, not throughput (docs/performance.md, design choices).
 ENV EMBEDDER_ADDRESS=0.0.0.0:50051 \
     EMBEDDER_MODELS_DIR=/app/models \
     EMBEDDER_METRICS_ADDRESS=0.0.0.0:9090 \
