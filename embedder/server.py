@@ -287,6 +287,7 @@ class EmbedderServer:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+        self._loop = self._thread = None  # closed once: a `stop` after a failed `start` finds nothing
 
     def _preload(self) -> None:
         """Every available graph, as many at once as there are cores: building a session is mostly
