@@ -1,12 +1,13 @@
-"""Export a CLIP or DINOv2 checkpoint to ONNX and prove parity with PyTorch.
+"""Export a checkpoint of a registered family (CLIP, DINOv2) to ONNX and prove parity with PyTorch.
 
-    python -m export {clip|dinov2} SOURCE --out models/NAME [--random-init --seed N] [--opset N] [--no-text]
+    python -m export FAMILY SOURCE --out models/NAME [--random-init --seed N] [--opset N] [--no-text]
 
 SOURCE is a hub id or a local checkpoint directory (anything `from_pretrained` takes). With
 --random-init, SOURCE names a known architecture that is built with seeded random weights and no
 download; such a model is labelled random-init (not pretrained) in model.json and in the logs.
-CLIP's text tower is exported beside the image graph (text.onnx + tokenizer.json) unless
---no-text. The export fails (non-zero exit, model not verified) unless the parity gate passes.
+A family's text tower (CLIP's) is exported beside the image graph (text.onnx + tokenizer.json)
+unless --no-text. FAMILY is a name in the registry, export/families/__init__.py. The export fails
+(non-zero exit, model not verified) unless the parity gate passes.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from embedder.spec import (
     write_spec,
 )
 
-from . import families
 from .architectures import ARCHITECTURES, architecture
 from .convert import DEFAULT_OPSET, export_onnx
+from .criteria import INT8
+from .families import FAMILIES, Loaded
 from .golden import write_golden_set
-from .parity import INT8, gate_images, report_outcome, run_gate
+from .parity import gate_images, report_outcome, run_gate
 from .quantize import SCHEME, fp32_reference, quantize_int8
 from .spec_writer import library_versions, preprocessing_from_processor
 from .text import export_text, remove_text_tower
@@ -45,7 +47,7 @@ ONNX_FILE = "model.onnx"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[0])
-    parser.add_argument("family", choices=families.FAMILIES)
+    parser.add_argument("family", choices=list(FAMILIES))
     parser.add_argument(
         "source", help="hub id, local checkpoint dir, or (with --random-init) an architecture name"
     )
@@ -55,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET)
-    parser.add_argument("--pooling", help="dinov2: cls (default), mean (patch tokens) or cls+mean")
+    poolings = "; ".join(f"{name}: {', '.join(f.poolings)}" for name, f in FAMILIES.items())
+    parser.add_argument("--pooling", help=f"the family's first is the default ({poolings})")
     parser.add_argument(
         "--alias", action="append", default=[], help="extra name the server accepts (repeatable)"
     )
@@ -67,16 +70,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)"
     )
     parser.add_argument(
-        "--no-text", action="store_true", help="clip: leave the text tower out (image graph only)"
+        "--no-text", action="store_true", help="a family with a text tower: leave it out (image graph only)"
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(NAME_PATTERN, args.out.name):
         parser.error(f"--out {args.out}: the folder name is the model name and must match {NAME_PATTERN}")
-    args.pooling = args.pooling or families.POOLINGS[args.family][0]
-    if args.pooling not in families.POOLINGS[args.family]:
-        parser.error(
-            f"--pooling {args.pooling} is not valid for {args.family}: {families.POOLINGS[args.family]}"
-        )
+    poolings = FAMILIES[args.family].poolings
+    args.pooling = args.pooling or poolings[0]
+    if args.pooling not in poolings:
+        parser.error(f"--pooling {args.pooling} is not valid for {args.family}: {poolings}")
     return args
 
 
@@ -86,7 +88,7 @@ def checkpoint_source(args: argparse.Namespace, scratch: Path) -> tuple[str, lis
         arch = architecture(args.source)
         if arch.family != args.family:
             raise SystemExit(f"{args.source} is a {arch.family} architecture, not {args.family}")
-        families.save_random_init(arch, args.seed, scratch)
+        FAMILIES[args.family].save_random_init(arch, args.seed, scratch)
         log.warning(
             "%s: RANDOM-INIT weights (seed %d), NOT PRETRAINED: vectors are meaningless",
             args.source,
@@ -99,7 +101,7 @@ def checkpoint_source(args: argparse.Namespace, scratch: Path) -> tuple[str, lis
 
 def build_spec(
     args: argparse.Namespace,
-    loaded: families.Loaded,
+    loaded: Loaded,
     aliases: list[str],
     out: Path,
     quantization: str | None = None,
@@ -137,15 +139,15 @@ def build_spec(
 
 
 def export_fp32(
-    args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], out: Path, with_text: bool = True
+    args: argparse.Namespace, loaded: Loaded, aliases: list[str], out: Path, with_text: bool = True
 ) -> int:
-    """Export the fp32 graph (and CLIP's text tower) to `out` and run the parity gate against
+    """Export the fp32 graph (and the family's text tower) to `out` and run the parity gate against
     PyTorch; the gate's status."""
     out.mkdir(parents=True, exist_ok=True)
     height, width = preprocessing_from_processor(loaded.processor).input_size()
-    export_onnx(loaded.exportable(args.pooling, height, width), out / ONNX_FILE, height, width, args.opset)
+    export_onnx(loaded.exportable(height, width), out / ONNX_FILE, height, width, args.opset)
     text = None
-    if loaded.family == "clip" and with_text and not args.no_text:
+    if loaded.family.text is not None and with_text and not args.no_text:
         text = export_text(loaded, out, args.opset)
     else:
         remove_text_tower(out)
@@ -158,12 +160,10 @@ def export_fp32(
     return report_outcome(report)
 
 
-def export_quantized(
-    args: argparse.Namespace, loaded: families.Loaded, aliases: list[str], scratch: Path
-) -> int:
+def export_quantized(args: argparse.Namespace, loaded: Loaded, aliases: list[str], scratch: Path) -> int:
     """fp32 export (gated) in scratch, then the int8 graph in args.out gated by cosine to fp32."""
     fp32_dir = scratch / "fp32" / args.out.name
-    if loaded.family == "clip" and not args.no_text:
+    if loaded.family.text is not None and not args.no_text:
         log.info("--quantize covers the image graph: the int8 variant has no text tower")
     if export_fp32(args, loaded, aliases, fp32_dir, with_text=False) != 0:
         log.error("the fp32 graph failed its gate; not quantising")
@@ -185,7 +185,7 @@ def export_model(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         source, aliases = checkpoint_source(args, Path(scratch) / "checkpoint")
-        loaded = families.load(args.family, source, args.pooling)
+        loaded = FAMILIES[args.family].load(source, args.pooling)
         if args.quantize:
             status = export_quantized(args, loaded, aliases, Path(scratch))
         else:

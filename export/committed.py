@@ -10,10 +10,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from embedder.spec import POOLINGS, SPEC_FILE, ModelSpec, write_spec
+from embedder.spec import SPEC_FILE, ModelSpec, write_spec
 
 from .architectures import ARCHITECTURES
-from .families import TABLE
+from .families import FAMILIES
 from .spec_writer import preprocessing_from_processor
 
 # model directory name -> hub id
@@ -26,16 +26,17 @@ DEFAULT_MODELS = {
 
 def committed_spec(name: str, hub_id: str) -> ModelSpec:
     arch = ARCHITECTURES[hub_id]
-    row, pooling = TABLE[arch.family], POOLINGS[arch.family][0]
+    family = FAMILIES[arch.family]
+    pooling = family.poolings[0]
     return ModelSpec.model_validate(
         {
             "name": name,
             "aliases": (hub_id,),
             "family": arch.family,
             "pooling": pooling,
-            "embedding_dim": row.embedding_dim(arch, pooling),
+            "embedding_dim": family.architecture_dim(arch, pooling),
             "onnx_file": "model.onnx",
-            "preprocessing": preprocessing_from_processor(row.random_processor(arch)),
+            "preprocessing": preprocessing_from_processor(family.random_processor(arch)),
         }
     )
 

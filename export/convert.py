@@ -1,5 +1,5 @@
-"""torch module -> ONNX file with the common graph contract, checked by the ONNX checker (and the
-text tower's graph, `input_ids`, `attention_mask` -> `embedding`, for CLIP).
+"""torch module -> ONNX file with the common graph contract, checked by the ONNX checker (and, for
+a family with a text tower, the text graph: `input_ids` [, `attention_mask`] -> `embedding`).
 
 Why torch.onnx.export and not optimum's exporter: optimum's CLIP configs export the whole
 two-tower model or `image_embeds` from CLIPVisionModelWithProjection, and its DINOv2 config
@@ -56,39 +56,40 @@ def check_graph(path: Path, height: int, width: int) -> None:
 def export_text_onnx(
     module: torch.nn.Module,
     path: Path,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
     embedding_dim: int,
     opset: int = DEFAULT_OPSET,
 ) -> None:
-    """The text tower: `input_ids`, `attention_mask` int64 [N,L] -> `embedding` [N,D], N and L
-    dynamic. Traced on a real padded batch (rows of different lengths)."""
+    """The text tower: its int64 [N,L] inputs, in the order the module takes them (`input_ids`,
+    and `attention_mask` where the family's graph takes it) -> `embedding` [N,D], N and L dynamic.
+    Traced on a real padded batch (rows of different lengths)."""
     axes = {0: "batch", 1: "sequence"}
+    names = list(inputs)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(
             module,
-            (input_ids, attention_mask),
+            tuple(inputs.values()),
             str(path),
-            input_names=["input_ids", "attention_mask"],
+            input_names=names,
             output_names=["embedding"],
-            dynamic_axes={"input_ids": axes, "attention_mask": axes, "embedding": {0: "batch"}},
+            dynamic_axes={**dict.fromkeys(names, axes), "embedding": {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
-    check_text_graph(path, embedding_dim)
+    check_text_graph(path, embedding_dim, tuple(names))
 
 
-def check_text_graph(path: Path, embedding_dim: int) -> None:
-    """ONNX checker plus the text contract: two int64 inputs [N,L], one float output [N,D]."""
+def check_text_graph(
+    path: Path, embedding_dim: int, input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+) -> None:
+    """ONNX checker plus the text contract: the int64 inputs [N,L] named, one float output [N,D]."""
     onnx.checker.check_model(str(path), full_check=True)
     graph = onnx.load(str(path), load_external_data=False).graph
     inputs = [i for i in graph.input if i.name not in {init.name for init in graph.initializer}]
-    if [i.name for i in inputs] != ["input_ids", "attention_mask"] or [o.name for o in graph.output] != [
-        "embedding"
-    ]:
-        raise SystemExit(f"{path}: graph must map input_ids, attention_mask -> embedding")
+    if [i.name for i in inputs] != list(input_names) or [o.name for o in graph.output] != ["embedding"]:
+        raise SystemExit(f"{path}: graph must map {', '.join(input_names)} -> embedding")
     for value in inputs:
         shape = [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
         if value.type.tensor_type.elem_type != onnx.TensorProto.INT64 or len(shape) != 2:

@@ -2,7 +2,7 @@
 `embedder verify` (embedder/golden.py reads it).
 
 Four of the gate's images (a camera-like JPEG, an RGBA PNG, a greyscale JPEG, a lossy WebP: the
-decoders a pipeline feeds) and, for CLIP's text tower, four of its texts, each with the vector the
+decoders a pipeline feeds) and, for a model with a text tower, four of its texts, each with the vector the
 gate's reference gave: PyTorch for an fp32 graph. An int8 graph is held to its fp32 graph by the
 gate (cosine), so its golden vectors are its own, as this machine computed them: what a
 deployment must reproduce. Four of each keeps the check at load within 0.5 s on 2 cores (measured:
@@ -22,11 +22,12 @@ from embedder.runtime import open_session, run, run_text
 from embedder.spec import SPEC_FILE, Golden, file_sha256, load_spec, write_spec
 from embedder.text import TextTokenizer
 
+from .criteria import Reference
 from .families import Loaded
 from .images import ParityImage
-from .parity import Reference, hf_pixels, torch_reference
+from .parity import hf_pixels, torch_reference
 from .parity_texts import parity_texts
-from .text import fast_tokenizer, torch_text_vector
+from .text import hf_encode, text_hooks, torch_text_vector
 
 GOLDEN_FILE = "golden.npz"
 IMAGES = ("photo_640x480.jpg", "rgba_256x192.png", "gray_320x240.jpg", "photo_500x333_lossy.webp")
@@ -63,9 +64,9 @@ def write_golden_set(model_dir: Path, loaded: Loaded, images: list[ParityImage],
             text_session = open_session(model_dir / tower.onnx_file, plan_threads().intra_op)
             text_vectors = run_text(text_session, tokenizer.feeds(tokenizer.encode(texts)))
         else:
-            fast = fast_tokenizer(loaded.source)
-            tokenized = (fast(text, truncation=True, max_length=tower.max_length) for text in texts)
-            text_vectors = np.stack([torch_text_vector(loaded.model, hf) for hf in tokenized])
+            fast = text_hooks(loaded).tokenizer(loaded.source)
+            tokenized = (hf_encode(fast, text, tower) for text in texts)
+            text_vectors = np.stack([torch_text_vector(loaded, hf, tower.input_names) for hf in tokenized])
     path = model_dir / GOLDEN_FILE
     write_golden(
         path, GoldenSet([i.name for i in chosen], [i.data for i in chosen], vectors, texts, text_vectors)

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -40,73 +39,19 @@ from embedder.preprocess import DecodeLimits, Preprocessor
 from embedder.runtime import open_session, run
 from embedder.spec import PARITY_FILE, SPEC_FILE, ModelSpec, Parity, file_sha256, load_spec, write_spec
 
-from . import families
 from .architectures import architecture
+from .convert import export_onnx
+from .criteria import FP32, INT8, TOLERANCE, Criterion, ImageResult, Reference
+from .families import FAMILIES, Loaded
 from .images import ParityImage, parity_images
 from .parity_texts import ParityText, parity_texts
+from .quantize import fp32_reference
 from .spec_writer import library_versions
 from .text import TextReport, run_text_gate
 
-TOLERANCE = 1e-6
-INT8_MIN_COSINE = 0.995
 CHANNEL_AMBIGUOUS_HEIGHTS = (1, 3)
 # The gate decodes the huge images of its own set; the server's default limits are not its concern.
 GATE_LIMITS = DecodeLimits(max_pixels=400_000_000, max_resized_pixels=400_000_000)
-
-
-@dataclass
-class ImageResult:
-    name: str
-    mode: str
-    format: str
-    size: tuple[int, int]
-    pixel_max_abs: float
-    raw_max_abs: float
-    relative_error: float
-    cosine: float
-    normalized_max_abs: float
-    hf_input_data_format: str = "inferred"
-    hf_default_behaviour: str = ""
-    passed: bool = False
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """What an image must reach. Pixels are always bit-identical; the embedding bar differs:
-    fp32 graphs against PyTorch at 1e-6, quantised graphs against their fp32 graph by cosine."""
-
-    description: str
-    reference: str
-    max_normalized_abs: float | None = TOLERANCE
-    min_cosine: float | None = None
-    # A row in a batch against the same row alone: fp32, the whole set as one batch within 1e-6
-    # (normalised); int8, bit-identical (raw max-abs 0) in that batch and in shuffled batches of
-    # `batch_sizes`, as the server batches an int8 model like any other.
-    batch_exact: bool = False
-    batch_sizes: tuple[int, ...] = ()
-
-    def passes(self, result: ImageResult) -> bool:
-        ok = result.pixel_max_abs == 0.0
-        if self.max_normalized_abs is not None:
-            ok = ok and result.normalized_max_abs <= self.max_normalized_abs
-        if self.min_cosine is not None:
-            ok = ok and result.cosine >= self.min_cosine
-        return ok
-
-
-FP32 = Criterion(
-    "pixels bit-identical; max-abs of L2-normalised embeddings <= 1e-6", "PyTorch (HF processor + model)"
-)
-INT8_BATCH_SIZES = (2, 3, 5, 8, 16)
-INT8 = Criterion(
-    f"pixels bit-identical; cosine >= {INT8_MIN_COSINE} to the fp32 graph; every row of a batch "
-    f"bit-identical to the row alone (the whole set and batches of {', '.join(map(str, INT8_BATCH_SIZES))})",
-    "fp32 ONNX graph on the same pixels",
-    max_normalized_abs=None,
-    min_cosine=INT8_MIN_COSINE,
-    batch_exact=True,
-    batch_sizes=INT8_BATCH_SIZES,
-)
 
 
 @dataclass
@@ -220,9 +165,6 @@ def _reference_pixels(processor: object, image: Image.Image) -> tuple[torch.Tens
     return explicit["pixel_values"], "channels_last", note
 
 
-Reference = Callable[[torch.Tensor, np.ndarray], np.ndarray]  # (HF pixels, our pixels) -> vector
-
-
 def hf_pixels(item: ParityImage, processor: object) -> tuple[torch.Tensor, str, str]:
     """The pipeline's pixels for `item`: PIL decode to RGB, then HF's processor (see
     _reference_pixels for the data format and the note)."""
@@ -233,10 +175,11 @@ def hf_pixels(item: ParityImage, processor: object) -> tuple[torch.Tensor, str, 
     return _reference_pixels(processor, pil)
 
 
-def torch_reference(loaded: families.Loaded) -> Reference:
+def torch_reference(loaded: Loaded) -> Reference:
     def embed(hf_pixels: torch.Tensor, ours: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return loaded.reference(hf_pixels)[0].numpy()
+            vector: np.ndarray = loaded.reference(hf_pixels)[0].numpy()
+            return vector
 
     return embed
 
@@ -273,7 +216,7 @@ def compare_image(
 
 def run_gate(
     model_dir: Path,
-    loaded: families.Loaded,
+    loaded: Loaded,
     images: list[ParityImage],
     reference: Reference | None = None,
     criterion: Criterion = FP32,
@@ -335,16 +278,16 @@ def _shuffled_batches(count: int, sizes: tuple[int, ...]) -> list[np.ndarray]:
     return [rng.permutation(count)[:size] for size in sizes if size <= count]
 
 
-def load_reference(spec: ModelSpec, scratch: Path) -> families.Loaded:
+def load_reference(spec: ModelSpec, scratch: Path) -> Loaded:
     """The PyTorch side for an exported model, from its recorded provenance."""
     if spec.provenance is None:
         raise SystemExit(f"{spec.name}: model.json has no provenance; cannot rebuild the PyTorch reference")
-    source = spec.provenance.source
+    source, family = spec.provenance.source, FAMILIES[spec.family]
     if spec.provenance.weights == "random-init":
         assert spec.provenance.seed is not None
-        families.save_random_init(architecture(source), spec.provenance.seed, scratch)
+        family.save_random_init(architecture(source), spec.provenance.seed, scratch)
         source = str(scratch)
-    return families.load(spec.family, source, spec.pooling)
+    return family.load(source, spec.pooling)
 
 
 def extra_images(directory: Path | None) -> list[ParityImage]:
@@ -397,15 +340,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quantized_gate(
-    model_dir: Path, spec: ModelSpec, loaded: families.Loaded, images: list[ParityImage], scratch: Path
+    model_dir: Path, spec: ModelSpec, loaded: Loaded, images: list[ParityImage], scratch: Path
 ) -> GateReport:
     """A quantised model is held to its fp32 graph, re-exported here from the same checkpoint."""
-    from .convert import export_onnx
-    from .quantize import fp32_reference
-
     height, width = spec.preprocessing.input_size()
     fp32 = scratch / "fp32.onnx"
-    export_onnx(loaded.exportable(spec.pooling, height, width), fp32, height, width, spec.provenance.opset)  # type: ignore[union-attr]
+    export_onnx(loaded.exportable(height, width), fp32, height, width, spec.provenance.opset)  # type: ignore[union-attr]
     return run_gate(model_dir, loaded, images, fp32_reference(fp32, plan_threads().intra_op), INT8)
 
 

@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 
 from embedder.runtime import open_session, run
 
-from .parity import Reference
+from .criteria import Reference
 
 log = logging.getLogger(__name__)
 SCHEME = (

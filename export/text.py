@@ -1,24 +1,25 @@
-"""CLIP's text tower: the graph, its tokenizer, and the text half of the parity gate.
+"""The text tower of a family that has one: the graph, its tokenizer, and the text half of the
+parity gate. Generic: what is family-specific comes from the family's `TextHooks`
+(export/families/), and how a text becomes the graph's inputs is the `TextTower` data in model.json.
 
-Export: `CLIPModel.get_text_features` (the text model pooled as transformers pools that
-checkpoint, then the projection) as `text.onnx`, `input_ids`, `attention_mask` int64 [N,L] ->
-`embedding` float32 [N,D], and the checkpoint's fast tokenizer as `tokenizer.json`, described
-by model.json's `text` section (`embedder.spec.TextTower`).
+Export: the family's text module as `text.onnx`, its inputs (`rules.input_names`: `input_ids`, and
+`attention_mask` where listed) int64 [N,L] -> `embedding` float32 [N,D], and the checkpoint's fast
+tokenizer as `tokenizer.json`, described by model.json's `text` section (`embedder.spec.TextTower`).
 
 Gate, for every text of the committed set (export/parity_texts.py):
 - the ids and attention mask of the server's tokenizer (`embedder.text.TextTokenizer` +
   `pad`) equal those of `AutoTokenizer.from_pretrained(checkpoint)` (the fast tokenizer)
-  called with `truncation=True, max_length=77`, one text at a time and as one padded batch;
+  called with `truncation=True, max_length=...` under the same rules (lowercasing, padding), one
+  text at a time and as one padded batch;
 - the L2-normalised embedding of the graph, in a session configured as the server's, is within
-  1e-6 (max-abs) of PyTorch's `get_text_features` on the transformers ids;
-- the whole set as one batch (mixed lengths, padded to the longest) equals one text at a time.
-Where the slow `CLIPTokenizer` gives other ids than the fast one, that is recorded per text
+  1e-6 (max-abs) of PyTorch's (the family's `features`) on the transformers ids;
+- the whole set as one batch (mixed lengths, padded) equals one text at a time.
+Where the family's slow tokenizer gives other ids than the fast one, that is recorded per text
 (not a failure): the server runs the fast tokenizer's code, and transformers' default is fast.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, CLIPModel, CLIPTokenizer
 
 from embedder.cpus import plan_threads
 from embedder.runtime import open_session, run_text
@@ -36,13 +36,13 @@ from embedder.spec import TextParity, TextTower, file_sha256
 from embedder.text import TextTokenizer, collate, pad
 
 from .convert import export_text_onnx
-from .families import Loaded
+from .families import Loaded, TextHooks, TextRules
 from .parity_texts import ParityText
 
 TEXT_ONNX = "text.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 STALE_FILES = (TEXT_ONNX, TOKENIZER_FILE)
-REFERENCE = "transformers: AutoTokenizer (fast, truncation=True) + CLIPModel.get_text_features"
+REFERENCE = "transformers: AutoTokenizer (fast, truncation=True) + "  # + the family's reference_name
 # What a comparison that could not be made is recorded as: the worst values two unit vectors can
 # reach (finite, so model.json stays valid JSON).
 WORST_MAX_ABS, WORST_COSINE = 2.0, -1.0
@@ -57,65 +57,34 @@ def remove_text_tower(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-class ClipTextFeatures(torch.nn.Module):
-    """`CLIPModel.get_text_features`: the projected, un-normalised text vector."""
-
-    def __init__(self, model: CLIPModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
+def text_hooks(loaded: Loaded) -> TextHooks:
+    if loaded.family.text is None:
+        raise SystemExit(f"family {loaded.family.name!r} has no text tower")
+    return loaded.family.text
 
 
-def fast_tokenizer(source: str) -> Any:
-    """The checkpoint's own tokenizer as transformers loads it by default: the fast one."""
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as exc:
-        raise SystemExit(
-            f"cannot load a tokenizer from {source!r} for the text tower ({exc}); --no-text exports "
-            "the image tower alone"
-        ) from None
-    if not tokenizer.is_fast:
-        raise SystemExit(f"{source!r}: no fast tokenizer (tokenizer.json) for the text tower")
-    return tokenizer
-
-
-def slow_tokenizer(source: str) -> tuple[Any | None, str]:
-    """The slow `CLIPTokenizer` and what it runs (it cleans text with ftfy when installed)."""
-    cleaner = "ftfy" if importlib.util.find_spec("ftfy") else "BasicTokenizer (ftfy not installed)"
-    try:
-        return CLIPTokenizer.from_pretrained(source), f"CLIPTokenizer with {cleaner}"
-    except (OSError, ValueError, TypeError) as exc:
-        return None, f"CLIPTokenizer unavailable: {exc}"
+def hf_encode(tokenizer: Any, texts: str | list[str], rules: TextRules | TextTower, **kwargs: Any) -> Any:
+    """transformers' encoding of `texts` under the model's rules: the reference for ours. A list is
+    one padded batch; one text alone is padded only under `padding: max_length`."""
+    if rules.lowercase:
+        texts = texts.lower() if isinstance(texts, str) else [text.lower() for text in texts]
+    padding: bool | str = "max_length" if rules.padding == "max_length" else not isinstance(texts, str)
+    return tokenizer(texts, padding=padding, truncation=True, max_length=rules.max_length, **kwargs)
 
 
 def export_text(loaded: Loaded, out: Path, opset: int) -> TextTower:
     """Write `text.onnx` and `tokenizer.json` into `out`; the `text` section describing them."""
-    model = loaded.model
-    if not isinstance(model, CLIPModel):
-        raise SystemExit(f"family {loaded.family!r} has no text tower")
-    tokenizer = fast_tokenizer(loaded.source)
+    hooks = text_hooks(loaded)
+    tokenizer = hooks.tokenizer(loaded.source)
     # The backend exactly as loaded, before any call sets truncation or padding on it.
     tokenizer.backend_tokenizer.save(str(out / TOKENIZER_FILE))
-    ids = {
-        "pad_id": tokenizer.pad_token_id,
-        "start_of_text_id": tokenizer.bos_token_id,
-        "end_of_text_id": tokenizer.eos_token_id,
-    }
-    missing = [name for name, value in ids.items() if value is None]
-    if missing:
-        raise SystemExit(f"{loaded.source!r}: the tokenizer defines no {', '.join(missing)}")
-    max_length = int(model.config.text_config.max_position_embeddings)
-    dummy = tokenizer(
-        ["a photo of a cat", "a"], padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-    )
+    rules = hooks.rules(tokenizer, loaded.model, loaded.source)
+    # Traced on a real padded batch: rows of different lengths.
+    dummy = hf_encode(tokenizer, ["a photo of a cat", "a"], rules, return_tensors="pt")
     export_text_onnx(
-        ClipTextFeatures(model).eval(),
+        hooks.module(loaded.model).eval(),
         out / TEXT_ONNX,
-        dummy["input_ids"],
-        dummy["attention_mask"],
+        {name: dummy[name] for name in rules.input_names},
         loaded.embedding_dim,
         opset,
     )
@@ -124,8 +93,7 @@ def export_text(loaded: Loaded, out: Path, opset: int) -> TextTower:
         onnx_sha256=file_sha256(out / TEXT_ONNX),
         tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(out / TOKENIZER_FILE),
-        max_length=max_length,
-        **ids,
+        **rules.fields(),
     )
 
 
@@ -141,7 +109,7 @@ class TextResult:
     ids_identical: bool  # to the fast tokenizer's, truncation=True
     mask_identical: bool
     first_difference: str  # where our ids first differ from transformers', "" if they do not
-    slow_tokenizer_ids: list[int] | None  # the slow CLIPTokenizer's ids where they differ from the fast
+    slow_tokenizer_ids: list[int] | None  # the family's slow tokenizer's ids where they differ from the fast
     raw_max_abs: float | None  # None when the graph could not run the text
     relative_error: float | None
     cosine: float
@@ -172,7 +140,7 @@ class TextReport:
     tokenizer_error: str  # why our tokenizer refused the file, "" when it loaded
     seconds: float
     batch_error: str = ""  # why the graph could not run the batch, "" when it ran
-    reference: str = REFERENCE
+    reference: str = ""  # set by run_text_gate: REFERENCE + the family's reference_name
 
     @property
     def criterion(self) -> str:
@@ -291,12 +259,11 @@ def _first_difference(ours: list[int], theirs: list[int]) -> str:
     return f"ids differ from transformers' in length (ours {len(ours)}, transformers {len(theirs)})"
 
 
-def torch_text_vector(model: CLIPModel, hf: Any) -> np.ndarray:
-    """PyTorch's `get_text_features` for one text as transformers' tokenizer encoded it."""
+def torch_text_vector(loaded: Loaded, hf: Any, input_names: tuple[str, ...]) -> np.ndarray:
+    """PyTorch's text vector (the family's `features`) for one text as transformers encoded it."""
+    inputs = {name: torch.tensor([hf[name]]) for name in input_names}
     with torch.no_grad():
-        features = model.get_text_features(
-            input_ids=torch.tensor([hf["input_ids"]]), attention_mask=torch.tensor([hf["attention_mask"]])
-        )
+        features = text_hooks(loaded).features(loaded.model, inputs)
     vector: np.ndarray = features[0].numpy()
     return vector
 
@@ -307,20 +274,20 @@ def compare_text(
     ours: np.ndarray,
     fast: Any,
     slow: Any | None,
-    model: CLIPModel,
+    loaded: Loaded,
     session: Any,
     tower: TextTower,
     tolerance: float,
 ) -> tuple[TextResult, np.ndarray | None]:
     """One text: tokens against transformers', then our graph against PyTorch on transformers' ids."""
-    hf = fast(item.text, truncation=True, max_length=tower.max_length)
+    hf = hf_encode(fast, item.text, tower)
     ids, mask = pad([ours], tower)
     ours_ids = ids[0].tolist()
     slow_ids = None
     if slow is not None:
-        slow_ids = slow(item.text, truncation=True, max_length=tower.max_length)["input_ids"]
+        slow_ids = hf_encode(slow, item.text, tower)["input_ids"]
         slow_ids = None if slow_ids == hf["input_ids"] else slow_ids
-    reference = torch_text_vector(model, hf)
+    reference = torch_text_vector(loaded, hf, tower.input_names)
     error, vector = "", None
     try:
         vector = run_text(session, collate([ours], tower))[0]
@@ -330,7 +297,7 @@ def compare_text(
         index=index,
         category=item.category,
         text=item.text,
-        tokens=len(ours_ids),
+        tokens=len(ours),
         ids_identical=ours_ids == hf["input_ids"],
         mask_identical=mask[0].tolist() == hf["attention_mask"],
         first_difference=_first_difference(ours_ids, hf["input_ids"]),
@@ -376,8 +343,9 @@ def run_text_gate(
     started = time.perf_counter()
     graph, tokenizer_path = model_dir / tower.onnx_file, model_dir / tower.tokenizer_file
     onnx_sha, tokenizer_sha = file_sha256(graph), file_sha256(tokenizer_path)
-    fast = fast_tokenizer(loaded.source)
-    slow, slow_name = slow_tokenizer(loaded.source)
+    hooks = text_hooks(loaded)
+    fast = hooks.tokenizer(loaded.source)
+    slow, slow_name = hooks.slow_tokenizer(loaded.source)
     report = TextReport(
         onnx_file=tower.onnx_file,
         onnx_sha256=onnx_sha,
@@ -393,6 +361,7 @@ def run_text_gate(
         spec_names_this_tokenizer=tower.tokenizer_sha256 == tokenizer_sha,
         tokenizer_error="",
         seconds=0.0,
+        reference=REFERENCE + hooks.reference_name,
     )
     try:
         rows = TextTokenizer.load(tokenizer_path, tower).encode([item.text for item in texts])
@@ -400,24 +369,16 @@ def run_text_gate(
         report.tokenizer_error = f"{type(exc).__name__}: {exc}"
         report.seconds = round(time.perf_counter() - started, 2)
         return report
-    model = loaded.model
-    assert isinstance(model, CLIPModel)
     session = open_session(graph, plan_threads().intra_op)
     singles = []
     with one_torch_thread():
         for index, (item, row) in enumerate(zip(texts, rows)):
-            result, vector = compare_text(index, item, row, fast, slow, model, session, tower, tolerance)
+            result, vector = compare_text(index, item, row, fast, slow, loaded, session, tower, tolerance)
             report.texts.append(result)
             singles.append(vector)
     ids, mask = pad(rows, tower)
     report.batch_shape = (int(ids.shape[0]), int(ids.shape[1]))
-    hf = fast(
-        [item.text for item in texts],
-        padding=True,
-        truncation=True,
-        max_length=tower.max_length,
-        return_tensors="np",
-    )
+    hf = hf_encode(fast, [item.text for item in texts], tower, return_tensors="np")
     report.batch_tokens_identical = np.array_equal(hf["input_ids"], ids) and np.array_equal(
         hf["attention_mask"], mask
     )

@@ -1,6 +1,6 @@
 """The torch-free preprocessing equals the Hugging Face slow processors bit for bit.
 
-For both families' processors (built from the checkpoints' processor configs) and every image of
+For every registered family's processors (built from its architectures' processor configs) and every image of
 the parity set, huge ones included: `embedder.preprocess.Preprocessor.from_bytes(data)` must equal
 `processor(images=Image.open(...).convert("RGB"))["pixel_values"][0]` exactly, dtype included.
 Parametrized per image so a failure names it. The steps are also checked alone: the resize-size
@@ -15,24 +15,33 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import BitImageProcessor, CLIPImageProcessor
 from transformers.image_transforms import center_crop as hf_center_crop
 from transformers.image_transforms import get_resize_output_image_size
 from transformers.image_utils import ChannelDimension, infer_channel_dimension_format
 
 from embedder.preprocess import Preprocessor, center_crop, resize_output_size
 from embedder.spec import CropSize, Preprocessing, Resize
-from export.architectures import CLIP_PROCESSOR, DINOV2_PROCESSOR
+from export.families import FAMILIES
 from export.images import ParityImage, parity_images
 from export.parity import CHANNEL_AMBIGUOUS_HEIGHTS
 from export.spec_writer import preprocessing_from_processor
 
 IMAGES: dict[str, ParityImage] = {image.name: image for image in parity_images(include_huge=True)}
 AMBIGUOUS = [name for name, image in IMAGES.items() if image.size[1] in CHANNEL_AMBIGUOUS_HEIGHTS]
-PROCESSOR_CONFIGS: dict[str, tuple[type, dict[str, Any]]] = {
-    "clip": (CLIPImageProcessor, CLIP_PROCESSOR),
-    "dinov2": (BitImageProcessor, DINOV2_PROCESSOR),
-}
+
+
+def processor_configs() -> dict[str, tuple[type, dict[str, Any]]]:
+    """Every distinct processor config of every registered family's architectures, named by the
+    first architecture using it: (the family's slow processor class, the config)."""
+    configs: dict[str, tuple[type, dict[str, Any]]] = {}
+    for family in FAMILIES.values():
+        for name, arch in family.architectures.items():
+            if all(arch.processor != seen for _, seen in configs.values()):
+                configs[name] = (family.processor_class, arch.processor)
+    return configs
+
+
+PROCESSOR_CONFIGS = processor_configs()
 
 
 @pytest.fixture(scope="module", params=sorted(PROCESSOR_CONFIGS))

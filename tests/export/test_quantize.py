@@ -1,5 +1,5 @@
 """int8 variants: per-token activation scales, gated by cosine to the fp32 graph and by rows that are
-bit-identical in any batch, for both families; the gate refuses a graph whose rows depend on their
+bit-identical in any batch, for every registered family; the gate refuses a graph whose rows depend on their
 batch-mates."""
 
 from __future__ import annotations
@@ -21,17 +21,19 @@ from embedder.golden import load_golden
 from embedder.preprocess import Preprocessor
 from embedder.runtime import open_session, run
 from embedder.spec import SPEC_FILE, file_sha256, load_spec, write_spec
+from export.criteria import INT8_BATCH_SIZES, INT8_MIN_COSINE
+from export.families import FAMILIES as REGISTRY
 from export.images import parity_images
-from export.parity import INT8_BATCH_SIZES, INT8_MIN_COSINE
 from export.quantize import ACTIVATION_ZERO_POINT, SCHEME, WEIGHT_MAX, quantize_graph
 from tests.conftest import TINY_SEED
 
-FAMILIES = {"clip": "tiny-clip", "dinov2": "tiny-dinov2"}
+# family -> its tiny test architecture: a registered family is quantised and gated here as well.
+FAMILIES = {name: family.test_architecture for name, family in REGISTRY.items()}
 
 
 @pytest.fixture(scope="module")
 def int8_dirs(tmp_path_factory: pytest.TempPathFactory, export_model: Callable[..., Any]) -> dict[str, Path]:
-    """Both tiny architectures exported with --quantize int8, seeded like the session's fp32 ones."""
+    """Every family's tiny architecture exported with --quantize int8, seeded like the session's fp32 ones."""
     dirs = {}
     for family, arch in FAMILIES.items():
         out = tmp_path_factory.mktemp("int8") / f"{arch}-int8"

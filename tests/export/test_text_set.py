@@ -16,7 +16,7 @@ import pytest
 from transformers import AutoTokenizer, CLIPConfig, CLIPTokenizer
 
 from export.architectures import ARCHITECTURES
-from export.clip_vocab import save_tokenizer, write_vocabulary
+from export.families.clip import save_tokenizer, write_vocabulary
 from export.parity_texts import TEXTS, parity_texts
 
 A_PHOTO_OF_A_CAT = [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP's ids, as openai/CLIP gives them
