@@ -19,8 +19,8 @@ from tests.support import REPO
 DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "k8s"
 GRPC_PORT = 50051
+HTTP_PORT = 8000
 METRICS_PORT = 9090
-# Native gRPC probes are GA from 1.27 (beta, on by default, from 1.24); the oldest we validate on.
 K8S_VERSIONS = ("1.27.0", "1.37.0")
 
 
@@ -70,13 +70,29 @@ def test_deployment_replicas_resources_and_ports(
     assert resources["requests"]["cpu"] == resources["limits"]["cpu"] == "2"
     assert resources["requests"]["memory"] == resources["limits"]["memory"] == "1536Mi"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
+    assert ports == {"grpc": GRPC_PORT, "http": HTTP_PORT, "metrics": METRICS_PORT}
 
 
-def test_probes_are_native_grpc_on_the_server_port(container: dict[str, Any]) -> None:
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["grpc"]["port"] == GRPC_PORT, probe
-        assert "service" not in container[probe]["grpc"], "the server-wide status, answered as ''"
+def test_probes_are_the_http_health_endpoints(container: dict[str, Any]) -> None:
+    """Readiness (and start-up) on /health/ready, liveness on /health/live, on the port the
+    server's HTTP front end listens on in the pod (the default 127.0.0.1 would be unreachable)."""
+    paths = {
+        probe: container[probe]["httpGet"]["path"]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert paths == {
+        "startupProbe": "/health/ready",
+        "readinessProbe": "/health/ready",
+        "livenessProbe": "/health/live",
+    }
+    for probe in paths:
+        assert container[probe]["httpGet"]["port"] == "http", probe
+    env = _settings_env({e["name"]: e["value"] for e in container.get("env", [])})
+    host, _, port = env["EMBEDDER_HTTP_ADDRESS"].rpartition(":")
+    assert int(port) == HTTP_PORT and host in ("0.0.0.0", "[::]")
+    liveness = container["livenessProbe"]
+    grace = float(env.get("EMBEDDER_SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] > grace, "a drain is not a death"
     startup = container["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "time for --preload"
 
@@ -125,8 +141,8 @@ def test_headless_service_selects_the_pods(deployment: dict[str, Any]) -> None:
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    grpc = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
-    assert (grpc["port"], grpc["targetPort"]) == (GRPC_PORT, "grpc")
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports["grpc"] == (GRPC_PORT, "grpc") and ports["http"] == (HTTP_PORT, "http")
     assert service["spec"].get("publishNotReadyAddresses", False) is False
 
 
@@ -150,13 +166,22 @@ def test_manifests_match_the_kubernetes_schemas(version: str) -> None:
 
 
 def test_fly_serves_grpc_over_tls_with_h2(fly: dict[str, Any]) -> None:
-    (service,) = fly["services"]
-    assert service["internal_port"] == GRPC_PORT
+    (service,) = [s for s in fly["services"] if s["internal_port"] == GRPC_PORT]
     (port,) = service["ports"]
     assert port["port"] == 443
     assert port["handlers"] == ["tls"], "an http handler would turn the HTTP/2 stream into HTTP/1.1"
     assert port["tls_options"]["alpn"] == ["h2"]
     assert service["tcp_checks"], "the proxy routes only to Machines that accept on the gRPC port"
+
+
+def test_fly_serves_http_and_routes_on_readiness(fly: dict[str, Any]) -> None:
+    (service,) = [s for s in fly["services"] if s["internal_port"] == HTTP_PORT]
+    (port,) = service["ports"]
+    assert port["handlers"] == ["tls", "http"] and port["port"] != 443, "443 is the gRPC service's"
+    (check,) = service["http_checks"]
+    assert check["path"] == "/health/ready"
+    host, _, listen = _settings_env(fly["env"])["EMBEDDER_HTTP_ADDRESS"].rpartition(":")
+    assert int(listen) == HTTP_PORT and host == "[::]"
 
 
 def test_fly_checks_metrics_vm_and_volume(fly: dict[str, Any], dockerfile: Dockerfile) -> None:
