@@ -7,6 +7,9 @@ from typing import Any
 
 from embedder.spec import RESAMPLE_CODES, CropSize, Preprocessing, Resize
 
+# The slow processors whose steps embedder/preprocess.py reproduces bit for bit. A family whose
+# checkpoints use another one adds it here once the server reproduces it (docs/adding-a-model.md);
+# a list, not read from the registry: bench imports this module and must not import torch for it.
 SUPPORTED_PROCESSORS = ("CLIPImageProcessor", "BitImageProcessor")
 _RESAMPLE_NAMES = {code: name for name, code in RESAMPLE_CODES.items()}
 
@@ -33,7 +36,10 @@ def preprocessing_from_processor(processor: Any) -> Preprocessing:
         processor_class=name,
         resize=Resize(**dict(processor.size)) if processor.do_resize else None,
         resample=_RESAMPLE_NAMES[resample],  # type: ignore[arg-type]
-        center_crop=CropSize(**dict(processor.crop_size)) if processor.do_center_crop else None,
+        # getattr: a processor without a crop step (no do_center_crop attribute) crops nothing
+        center_crop=CropSize(**dict(processor.crop_size))
+        if getattr(processor, "do_center_crop", False)
+        else None,
         rescale_factor=float(processor.rescale_factor) if processor.do_rescale else None,
         mean=_triple(processor.image_mean) if processor.do_normalize else None,
         std=_triple(processor.image_std) if processor.do_normalize else None,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 from tokenizers import Tokenizer
@@ -29,9 +30,11 @@ from embedder.spec import TextTower, load_spec
 from embedder.text import TextTokenizer, collate, pad
 from export.architectures import ARCHITECTURES
 from export.criteria import TOLERANCE
-from export.families import FAMILIES, Family, save_random_init
+from export.families import FAMILIES, Family, TextRules, save_random_init
+from export.families.clip import Clip, ClipText
+from export.parity_texts import parity_texts
 from export.spec_writer import preprocessing_from_processor
-from export.text import hf_encode
+from export.text import export_text, hf_encode, run_text_gate
 from tests.conftest import TINY_SEED, export_or_fail
 
 EXPORT = Path(__file__).parents[2] / "export"
@@ -132,6 +135,63 @@ def test_text_tower_hooks_agree_with_the_servers_rules(name: str, checkpoints: d
         exported = hooks.module(loaded.model).eval()(*feeds.values()).numpy()
     assert reference.shape == exported.shape == (len(TEXTS), loaded.embedding_dim)
     assert np.abs(unit(reference) - unit(exported)).max() <= TOLERANCE
+
+
+class InputIdsOnly(torch.nn.Module):
+    """CLIP's text features from `input_ids` alone: CLIP pools at the end-of-text token and its
+    attention is causal, so padding after that token changes nothing without a mask."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_text_features(input_ids=input_ids)
+
+
+class FixedLengthText(ClipText):
+    """CLIP's tower under the other rules the contract allows: Python lowercasing, padding to
+    max_length, the graph fed `input_ids` only (as a SigLIP-like family would declare)."""
+
+    def module(self, model: Any) -> torch.nn.Module:
+        return InputIdsOnly(model)
+
+    def features(self, model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        assert list(inputs) == ["input_ids"]  # the reference sees what the graph sees
+        return super().features(model, inputs)
+
+    def rules(self, tokenizer: Any, model: Any, source: str) -> TextRules:
+        clip = super().rules(tokenizer, model, source)
+        return TextRules(
+            max_length=clip.max_length,
+            pad_id=clip.pad_id,
+            start_of_text_id=clip.start_of_text_id,
+            end_of_text_id=clip.end_of_text_id,
+            lowercase=True,
+            padding="max_length",
+            input_names=("input_ids",),
+        )
+
+
+class FixedLengthClip(Clip):
+    text = FixedLengthText()
+
+
+def test_text_export_and_gate_follow_the_rules_as_data(checkpoints: dict[str, Path], tmp_path: Path) -> None:
+    """The generic text export and gate (export/text.py) under rules CLIP does not use: the graph
+    takes the inputs the rules name, every row is padded to max_length, and the gate passes with
+    ids equal to transformers' under the same rules and vectors within 1e-6 of PyTorch's."""
+    loaded = FixedLengthClip().load(str(checkpoints["clip"]), "projected")
+    tower = export_text(loaded, tmp_path, opset=17)
+    assert (tower.lowercase, tower.padding, tower.input_names) == (True, "max_length", ("input_ids",))
+    session = ort.InferenceSession(str(tmp_path / tower.onnx_file), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_ids"]
+    texts = parity_texts()
+    report = run_text_gate(tmp_path, tower, loaded, texts, TOLERANCE)
+    assert report.verified, report.table()
+    assert report.batch_shape == (len(texts), tower.max_length) and report.tokens_identical
+    assert max(r.normalized_max_abs for r in report.texts) <= TOLERANCE
+    assert report.reference.endswith("CLIPModel.get_text_features")
 
 
 @pytest.fixture(scope="module", params=NAMES)
