@@ -1,11 +1,11 @@
-"""Export a checkpoint of a registered family (CLIP, DINOv2) to ONNX and prove parity with PyTorch.
+"""Export a checkpoint of a registered model family to ONNX and prove parity with PyTorch.
 
     python -m export FAMILY SOURCE --out models/NAME [--random-init --seed N] [--opset N] [--no-text]
 
 SOURCE is a hub id or a local checkpoint directory (anything `from_pretrained` takes). With
 --random-init, SOURCE names a known architecture that is built with seeded random weights and no
 download; such a model is labelled random-init (not pretrained) in model.json and in the logs.
-A family's text tower (CLIP's) is exported beside the image graph (text.onnx + tokenizer.json)
+A family's text tower (CLIP's, say) is exported beside the image graph (text.onnx + tokenizer.json)
 unless --no-text. FAMILY is a name in the registry, export/families/__init__.py. The export fails
 (non-zero exit, model not verified) unless the parity gate passes.
 """
