@@ -4,6 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 ADDRESS ?= 127.0.0.1:50051
+HTTP_ADDRESS ?= 127.0.0.1:8000
 MODELS_DIR ?= models
 DEFAULT_MODELS := clip-vit-base-patch32=openai/clip-vit-base-patch32=clip dinov2-small=facebook/dinov2-small=dinov2
 # Typed stubs for the gRPC service come from mypy-protobuf's plugin (embedder_pb2_grpc.pyi).
@@ -71,7 +72,8 @@ models: venv
 	done
 
 run: models
-	$(BIN)/embedder serve --address $(ADDRESS) --models-dir $(MODELS_DIR) --preload
+	@echo "gRPC on $(ADDRESS); HTTP on http://$(HTTP_ADDRESS) (OpenAI base_url http://$(HTTP_ADDRESS)/v1, docs at /docs)"
+	$(BIN)/embedder serve --address $(ADDRESS) --http-address $(HTTP_ADDRESS) --models-dir $(MODELS_DIR) --preload
 
 test: venv proto-check lint
 	$(BIN)/python -m pytest -q

@@ -24,6 +24,7 @@ from tests.support.processes import ServerProcess
 
 from . import int8 as int8_bench
 from . import measure, timings
+from .http import bench_http
 from .report import render
 from .service import bench_server, run_load
 from .text import bench_text
@@ -224,6 +225,8 @@ def main() -> int:
             for model in results["models"]:  # type: ignore[attr-defined]
                 if "int8" in model:
                     bench_int8(repo, args.models_dir, model, server, frames, dirs["frames"], seconds, scratch)
+        if args.clip in repo.entries:  # both front ends of one server, alternating (bench/http.py)
+            results["http"] = bench_http(args.models_dir, args.clip, scratch, seconds, args.smoke)
         if args.clip in repo.entries:  # the speeds `make test` holds only as properties (issue 26)
             results["timings"] = timings.measure(args.models_dir, args.clip, scratch, args.smoke)
     args.out.mkdir(parents=True, exist_ok=True)

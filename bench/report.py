@@ -5,6 +5,8 @@ from __future__ import annotations
 from statistics import mean
 from typing import Any
 
+from .http import http_section
+
 
 def _ratios(m: dict[str, Any]) -> dict[str, float]:
     service = {(s["concurrency"], s["per_request"]): s for s in m["service"]}
@@ -207,6 +209,8 @@ def render(results: dict[str, Any]) -> str:
         lines += _model_section(model)
     if results.get("text"):
         lines += _text_section(results["text"])
+    if results.get("http"):
+        lines += http_section(results["http"])
     onnx_total = sum(results.get("onnx_mb", {}).values())
     budget = 1.5 * onnx_total + 200
     rss = results.get("rss_both_loaded_mb", float("nan"))
