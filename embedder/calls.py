@@ -128,18 +128,17 @@ class Calls:
     async def embed_images(
         self, call: CallRecord, model: str, sources: list[ImageSource], options: EmbedOptions
     ) -> EmbedResult:
-        call.items = len(sources)
-        entry = self._resolve(call, model)
+        entry = self._resolve(call, model, len(sources))
         return await self.engine.embed(entry, sources, options, call.deadline)
 
     async def embed_texts(
         self, call: CallRecord, model: str, texts: list[str], normalize: bool
     ) -> EmbedResult:
-        call.items = len(texts)
-        entry = self._resolve(call, model)
+        entry = self._resolve(call, model, len(texts))
         return await self.engine.embed_text(entry, texts, normalize, call.deadline)
 
-    def _resolve(self, call: CallRecord, model: str) -> ModelEntry:
+    def _resolve(self, call: CallRecord, model: str, items: int) -> ModelEntry:
+        call.items = items
         entry = self.engine.repository.resolve(model)
         call.model = entry.name
         return entry

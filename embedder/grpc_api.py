@@ -7,6 +7,7 @@ logged by `Calls` with its traceback and is answered as INTERNAL naming the requ
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -79,24 +80,8 @@ def lenient(message: type[Message]) -> Callable[[bytes], Message | Malformed]:
 
 
 def model_info(info: ModelInfo) -> pb.ModelInfo:
-    return pb.ModelInfo(
-        name=info.name,
-        aliases=list(info.aliases),
-        family=info.family,
-        pooling=info.pooling,
-        dim=info.dim,
-        onnx_sha256=info.onnx_sha256,
-        preprocessing_sha256=info.preprocessing_sha256,
-        weights=info.weights,
-        parity_verified=info.parity_verified,
-        source=info.source,
-        quantization=info.quantization,
-        modalities=list(info.modalities),
-        text_onnx_sha256=info.text_onnx_sha256,
-        tokenizer_sha256=info.tokenizer_sha256,
-        text_parity_verified=info.text_parity_verified,
-        batch_invariant=info.batch_invariant,
-    )
+    # ModelInfo's fields are named as the message's, so one can never lag the other unnoticed.
+    return pb.ModelInfo(**dataclasses.asdict(info))
 
 
 def _embedding(vector: np.ndarray) -> pb.Embedding:
