@@ -51,7 +51,8 @@ class ServerProcess:
     stderr into `log_path`, in an environment with no EMBEDDER_* but `env`.
 
     The address and models dir are flags (they win over any EMBEDDER_* of `env`, such as an
-    image's own), or with `via_env` EMBEDDER_* variables. `metrics` adds a /metrics port.
+    image's own), or with `via_env` EMBEDDER_* variables. `metrics` adds a /metrics port. HTTP
+    listens on a free port of its own (`http_port`).
     """
 
     def __init__(
@@ -67,8 +68,14 @@ class ServerProcess:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.metrics_port = free_port() if metrics else None
+        # A port of its own for HTTP too: the default 8000 would make two servers collide.
+        self.http_port = free_port()
         self.log_path = log_path
-        settings = {"address": self.address, "models-dir": str(models_dir)}
+        settings = {
+            "address": self.address,
+            "models-dir": str(models_dir),
+            "http-address": f"127.0.0.1:{self.http_port}",
+        }
         if self.metrics_port is not None:
             settings["metrics-address"] = f"127.0.0.1:{self.metrics_port}"
         if via_env:  # `env` may still override them: a test of bad settings does
