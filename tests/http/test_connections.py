@@ -305,3 +305,19 @@ def test_http_off_and_port_zero_rule(serve: Serve, tiny_models: Path) -> None:
     with pytest.raises(OSError, match="cannot bind HTTP"):
         serve(http_address=f"127.0.0.1:{http_port(taken)}")
     assert build_request(CLIP, [PNG])  # the module's gRPC helpers stay importable
+
+
+def test_accepted_connections_send_without_delay(serve: Serve) -> None:
+    """TCP_NODELAY on every accepted connection: without it a response's two writes (headers,
+    body) wait out the client's delayed ACK, +40 ms a request (docs/http.md, design choices)."""
+    served = serve(http_address="127.0.0.1:0")
+    with socket.create_connection(("127.0.0.1", http_port(served)), timeout=10) as sock:
+        sock.sendall(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        host = served.server._http
+        assert host is not None
+        connections = list(host.server.server_state.connections)
+        assert connections
+        for connection in connections:
+            accepted = connection.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
