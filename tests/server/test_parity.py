@@ -2,8 +2,9 @@
 
 Each served vector must equal, bit for bit, the exported graph run directly in ONNX Runtime on our
 preprocessing, and must equal the PyTorch model on the HF slow processor's pixels within 1e-6
-max-abs after L2 normalisation. The PyTorch side is built exactly as the export gate builds it
-(`export.parity.load_reference`, `_reference_pixels`), so a drift between gate and server shows.
+max-abs after L2 normalisation. The PyTorch side is written here, with transformers called
+directly, and holds its own tolerance: nothing comes from the export gate (export/parity.py), so
+a fault shared by the gate and the server still shows.
 """
 
 from __future__ import annotations
@@ -16,26 +17,57 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoImageProcessor, CLIPModel, Dinov2Model
 
 from embedder.preprocess import Preprocessor
 from embedder.runtime import open_session, run
 from embedder.spec import SPEC_FILE, load_spec
+from export.architectures import architecture
+from export.families import save_random_init
 from export.images import ParityImage
-from export.parity import TOLERANCE, _reference_pixels, _unit, load_reference
 from tests.support.inprocess import Served, serving
 from tests.support.models import make_models_dir
 
+TOLERANCE = 1e-6  # the project's promise: max-abs of the L2-normalised vectors (README, docs/models.md)
+
 
 def pytorch_vectors(model_dir: Path, images: list[ParityImage], scratch: Path) -> np.ndarray:
-    """What `export.parity.compare_image` computes as the reference, for every image."""
-    loaded = load_reference(load_spec(model_dir / SPEC_FILE), scratch)
+    """The pipeline being replaced, for every image: PIL decode to RGB, the checkpoint's slow HF
+    processor, the PyTorch model (CLIP's `get_image_features`; DINOv2's last hidden state, pooled
+    as model.json says). The checkpoint is the export's: its seeded random-init weights, saved
+    again from the provenance in model.json."""
+    spec = load_spec(model_dir / SPEC_FILE)
+    assert spec.provenance is not None and spec.provenance.weights == "random-init"
+    assert spec.provenance.seed is not None
+    save_random_init(architecture(spec.provenance.source), spec.provenance.seed, scratch)
+    processor = AutoImageProcessor.from_pretrained(scratch, use_fast=False)
+    if spec.family == "clip":
+        clip = CLIPModel.from_pretrained(scratch).eval()
+
+        def forward(pixels: torch.Tensor) -> torch.Tensor:
+            return clip.get_image_features(pixel_values=pixels)
+    else:
+        dino = Dinov2Model.from_pretrained(scratch).eval()
+
+        def forward(pixels: torch.Tensor) -> torch.Tensor:
+            tokens = dino(pixel_values=pixels).last_hidden_state
+            cls, mean = tokens[:, 0], tokens[:, 1:].mean(dim=1)
+            return {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], dim=1)}[spec.pooling]
+
     rows = []
     for item in images:
         pil = Image.open(io.BytesIO(item.data)).convert("RGB")  # the pipeline's own decode
-        pixels, _, _ = _reference_pixels(loaded.processor, pil)
+        # A PIL image is height x width x channels; said explicitly, HF cannot take a 1 or 3 px
+        # high image for channels-first (docs/models.md).
+        pixels = processor(images=pil, return_tensors="pt", input_data_format="channels_last")["pixel_values"]
         with torch.no_grad():
-            rows.append(loaded.reference(pixels)[0].numpy())
+            rows.append(forward(pixels)[0].numpy())
     return np.stack(rows)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    vector = vector.astype(np.float64)
+    return vector / np.linalg.norm(vector)
 
 
 def ort_vectors(model_dir: Path, images: list[ParityImage], intra_op_threads: int) -> np.ndarray:
@@ -48,7 +80,7 @@ def ort_vectors(model_dir: Path, images: list[ParityImage], intra_op_threads: in
 
 def normalized_diffs(served: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per-image max-abs difference of the L2-normalised vectors."""
-    return np.array([np.abs(_unit(s) - _unit(r)).max() for s, r in zip(served, reference)])
+    return np.array([np.abs(unit(s) - unit(r)).max() for s, r in zip(served, reference)])
 
 
 def worst(diffs: np.ndarray, images: list[ParityImage]) -> str:
