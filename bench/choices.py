@@ -13,8 +13,9 @@ full-size exports of `make models` (random-init weights run at the same speed as
     python -m bench.choices trim       # RSS after a mixed load, before and after malloc_trim(0)
     python -m bench.choices preload    # CLIP's image+text sessions built in parallel vs one by one
 
-`--quick` shortens rounds and repetitions (a minute or two each); ORT alone on random tensors,
-not the service: these isolate the mechanism each choice is about.
+`--quick` shortens rounds and repetitions (each subcommand then takes minutes, more on a loaded
+machine: a round runs the whole batch mix at least once). ORT alone on random tensors, not the
+service: these isolate the mechanism each choice is about.
 """
 
 from __future__ import annotations
@@ -269,7 +270,8 @@ def cmd_malloc(args: argparse.Namespace) -> None:
         "mmap-1MiB": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
         "tunables": {"GLIBC_TUNABLES": TUNABLES},
     }
-    for arena in ("shared-arena",) if args.quick else ("shared-arena", "no-arena"):
+    arenas = ("shared-arena", "no-arena") if args.arena == "both" else (args.arena,)
+    for arena in arenas:
         print(f"{arena}, CLIP then DINOv2 at batches {MIXED}:")
         sides = {n: Worker(arena, [graph(CLIP), graph(DINO)], MIXED, env) for n, env in envs.items()}
         summary(alternate(sides, args.rounds, args.seconds), "default")
@@ -287,7 +289,7 @@ def cmd_trim(args: argparse.Namespace) -> None:
             w.close()
             print(
                 f"{arena}, start {start + 1}: after load {loaded['before']:.0f} -> trimmed {loaded['after']:.0f} MB; "
-                f"after {args.seconds:.0f} s of mixed batches {loaded_after['before']:.0f} -> {loaded_after['after']:.0f} MB",
+                f"after a round of mixed batches {loaded_after['before']:.0f} -> {loaded_after['after']:.0f} MB",
                 flush=True,
             )
 
@@ -355,6 +357,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--starts", type=int, default=5)
+    parser.add_argument(
+        "--arena",
+        choices=["shared-arena", "no-arena", "both"],
+        default="both",
+        help="malloc: which activations",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.starts = 3, 4.0, 2
