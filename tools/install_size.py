@@ -11,7 +11,7 @@ fresh venv held before it (pip, setuptools): the image's Python has its own. It 
 the largest top-level entries, the distributions the plain install has beyond the lock, and the
 machine (CPU flags from /proc/cpuinfo: size does not depend on them, every script says them).
 
-    .venv/bin/python tools/install_size.py            # two fresh venvs, ~2-4 minutes
+    .venv/bin/python tools/install_size.py            # two fresh venvs, a few minutes
 
 Needs the package registry (pip's own index and this machine's pip configuration); exit status 1
 if `pip install .` adds more than --budget-mb (250 by default, issue 22).
