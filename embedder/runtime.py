@@ -50,13 +50,13 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Activations come from the process's shared arena (register_shared_arena), not a per-session
-    # one; no memory pattern, which measured no faster and would keep a block per input shape.
+    # one; no memory pattern, which would keep a block per input shape.
     register_shared_arena()
     options.add_session_config_entry("session.use_env_allocators", "1")
     options.enable_cpu_mem_arena = False
     options.enable_mem_pattern = False
-    # ORT's threads spin while a run waits between parallel operators (its default, measured
-    # faster: docs/performance.md) and stop when the run returns, so an idle server burns no core.
+    # ORT's threads spin while a run waits between parallel operators (its default; when that pays:
+    # docs/performance.md) and stop when the run returns, so an idle server burns no core.
     options.add_session_config_entry("session.intra_op.allow_spinning", "1")
     options.add_session_config_entry("session.force_spinning_stop", "1")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")  # sequential: no inter-op pool
