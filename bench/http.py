@@ -41,7 +41,7 @@ from bench.service import run_load
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
 from tests.support.images import photo_jpeg
-from tests.support.processes import ServerProcess, free_port
+from tests.support.processes import ServerProcess
 
 IMAGES = 200
 CONCURRENCY = 16
@@ -193,12 +193,11 @@ def run_http_load(
 
 @contextmanager
 def http_server(models_dir: Path, log_path: Path) -> Iterator[tuple[ServerProcess, int]]:
-    port = free_port()
-    flags = ("--preload", "--log-level", "WARNING", "--http-address", f"127.0.0.1:{port}")
-    server = ServerProcess(models_dir, log_path, *flags, metrics=True)
+    """`embedder serve --preload`, SERVING; its gRPC address and HTTP port (a free one)."""
+    server = ServerProcess(models_dir, log_path, "--preload", "--log-level", "WARNING", metrics=True)
     try:
         server.wait_serving(timeout=120.0)
-        yield server, port
+        yield server, server.http_port
     finally:
         server.stop(timeout=30.0)
 

@@ -21,7 +21,7 @@ from tests.http.conftest import Answer, Serve, data_uri, embeddings, http_port, 
 from tests.support.images import encode, photo_jpeg, picture
 from tests.support.inprocess import Served
 from tests.support.models import CLIP
-from tests.support.processes import ServerProcess, free_port
+from tests.support.processes import ServerProcess
 
 PNG = encode(picture(40, 30, 5), "PNG")
 
@@ -191,9 +191,8 @@ def test_stop_lets_requests_in_progress_answer_then_refuses(serve: Serve) -> Non
 
 def test_sigterm_drains_http_and_exits_zero(tmp_path: Path, tiny_models: Path) -> None:
     """SIGTERM while an HTTP request is queued: it is answered 200, then the process exits 0."""
-    port = free_port()
-    flags = ("--http-address", f"127.0.0.1:{port}", "--max-batch-size", "1")
-    server = ServerProcess(tiny_models, tmp_path / "server.log", *flags, metrics=True)
+    server = ServerProcess(tiny_models, tmp_path / "server.log", "--max-batch-size", "1", metrics=True)
+    port = server.http_port  # --http-address 127.0.0.1:<a free port>
     try:
         server.wait_serving()
         images = [data_uri(photo_jpeg(800, 600, seed)) for seed in range(32)]
