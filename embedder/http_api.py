@@ -362,7 +362,9 @@ def _model(status: ModelStatus) -> dict[str, Any]:
 
 def _check(check: Any) -> dict[str, Any]:
     fields = dataclasses.asdict(check)
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fields.items()}  # NaN: not JSON
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in fields.items()
+    }  # NaN: not JSON
 
 
 async def _disconnected(receive: Callable[[], Awaitable[Mapping[str, Any]]]) -> None:
