@@ -7,7 +7,7 @@
 #       --build-context models=./models .                        # runtime with the models inside
 #   docker build -t embedder-export --target export .            # torch + the exporter, for `make models`
 #
-#   docker run --rm -p 50051:50051 -p 9090:9090 -v "$PWD/models:/app/models:ro" embedder
+#   docker run --rm -p 50051:50051 -p 8000:8000 -p 9090:9090 -v "$PWD/models:/app/models:ro" embedder
 #   docker run --rm -v "$PWD/models:/app/models" embedder-export \
 #       clip openai/clip-vit-base-patch32 --out /app/models/clip-vit-base-patch32
 #
@@ -87,12 +87,14 @@ RUN mkdir /app/models
 # MALLOC_ARENA_MAX=2 caps glibc's per-thread malloc heaps, where images are decoded: resident
 # memory they hold, not throughput (docs/performance.md, design choices).
 ENV EMBEDDER_ADDRESS=0.0.0.0:50051 \
+    EMBEDDER_HTTP_ADDRESS=0.0.0.0:8000 \
     EMBEDDER_MODELS_DIR=/app/models \
     EMBEDDER_METRICS_ADDRESS=0.0.0.0:9090 \
     EMBEDDER_LOG_FORMAT=json \
     MALLOC_ARENA_MAX=2
-# 50051: gRPC (Embed, ListModels, grpc.health.v1, reflection); 9090: Prometheus /metrics.
-EXPOSE 50051 9090
+# 50051: gRPC (Embed, ListModels, grpc.health.v1, reflection); 8000: HTTP (OpenAI /v1/embeddings,
+# /v1/models, /health/live, /health/ready); 9090: Prometheus /metrics.
+EXPOSE 50051 8000 9090
 USER 10001:10001
 # `embedder health` exits 0 iff the server reports SERVING. It speaks plaintext: with TLS on
 # (EMBEDDER_TLS_CERT), rely on the orchestrator's own probe instead. start-period covers --preload

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,10 @@ def test_runtime_runs_as_a_numeric_non_root_user(dockerfile: Dockerfile) -> None
 
 def test_runtime_ports_environment_and_models_volume(dockerfile: Dockerfile) -> None:
     exposed = {w.split("/")[0] for i in dockerfile.effective(RUNTIME, "EXPOSE") for w in i.words()}
-    assert {"50051", "9090"} <= exposed
+    assert {"50051", "8000", "9090"} <= exposed
     env = dockerfile.env(RUNTIME)
     assert env["EMBEDDER_ADDRESS"] == "0.0.0.0:50051"
+    assert env["EMBEDDER_HTTP_ADDRESS"] == "0.0.0.0:8000"
     assert env["EMBEDDER_MODELS_DIR"] == "/app/models"
     assert env["EMBEDDER_METRICS_ADDRESS"] == "0.0.0.0:9090"
     assert env["EMBEDDER_LOG_FORMAT"] == "json"
@@ -290,6 +292,9 @@ def test_runtime_install_serves_with_the_image_command_and_health_check(
         ]
         checked = subprocess.run(health, check=False, capture_output=True, text=True, timeout=60)
         assert (checked.returncode, checked.stdout.strip()) == (0, "SERVING"), checked.stderr
+        ready = f"http://127.0.0.1:{server.http_port}/health/ready"  # the HTTP front end too
+        with urllib.request.urlopen(ready, timeout=10) as answer:
+            assert answer.status == 200
         image = tmp_path / "red.png"
         image.write_bytes(png_bytes)
         embed = [
