@@ -139,10 +139,11 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="embedder", description="CLIP and DINOv2 image embeddings over gRPC"
+        prog="embedder",
+        description="CLIP and DINOv2 embeddings (images, and CLIP's texts) over gRPC and HTTP",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve = commands.add_parser("serve", help="run the server (gRPC, and HTTP with OpenAI's /v1/embeddings)")
     add_settings_flags(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -3,7 +3,6 @@ signals, exit codes, resident memory, log output, its /metrics, a load from anot
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -25,9 +24,16 @@ SERVE = (sys.executable, "-m", "embedder", "serve")
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: all held open while picked, so none is handed out twice."""
+    with ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
@@ -65,11 +71,10 @@ class ServerProcess:
         metrics: bool = False,
         via_env: bool = False,
     ) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.metrics_port = free_port() if metrics else None
         # A port of its own for HTTP too: the default 8000 would make two servers collide.
-        self.http_port = free_port()
+        self.port, self.http_port, metrics_port = free_ports(3)
+        self.address = f"127.0.0.1:{self.port}"
+        self.metrics_port = metrics_port if metrics else None
         self.log_path = log_path
         settings = {
             "address": self.address,
