@@ -3,6 +3,7 @@ signals, exit codes, resident memory, log output, its /metrics, a load from anot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
