@@ -64,6 +64,11 @@ def test_bench_smoke_run_measures_every_side(
     assert text["tokens_min_max"][1] <= 40 and text["short_query_tokens"] <= 12
     assert text["service_c4_texts_per_s"] > 0 and text["model_texts_per_s_at_that_batch"] > 0
     assert 0 < text["short_query_model_p50_ms"] and 0 < text["short_query_service_p50_ms"]
+    http = results["http"]  # both front ends of one server
+    assert http["model"] == "tiny-clip" and http["images"] > 0 and len(http["rounds"]) >= 1
+    assert http["grpc_c16_images_per_s"] > 0 and http["http_c16_images_per_s"] > 0
+    assert http["query_grpc_p50_ms"] > 0 and http["query_http_p50_ms"] > 0
+    assert set(results["timings"]) >= {"export", "idle_cpu_s", "shutdown", "overload"}
     report = (out / "RESULTS-smoke.md").read_text()
     for needle in (
         "Text tower (tiny-clip)",
