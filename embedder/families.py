@@ -21,5 +21,6 @@ FAMILIES: dict[str, Family] = {
     for f in (
         Family("clip", ("projected",), text=True),
         Family("dinov2", ("cls", "mean", "cls+mean"), text=False),
+        Family("siglip", ("head",), text=True),  # head: the vision tower's attention-pooling head
     )
 }

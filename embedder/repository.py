@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFound, shown
-from .spec import SPEC_FILE, ModelSpec, SpecError, load_spec
+from .spec import SPEC_FILE, ExternalData, ModelSpec, SpecError, load_spec
 
 IMAGE, TEXT = "image", "text"  # a model's graphs: every model has an image tower, CLIP a text one
 
@@ -37,6 +37,10 @@ class ModelEntry:
     def graph_sha256(self, modality: str) -> str | None:
         return self.spec.text.onnx_sha256 if modality == TEXT and self.spec.text else self.spec.onnx_sha256
 
+    def graph_data(self, modality: str) -> ExternalData | None:
+        """The graph's external-data file (its weights), for a graph too big to hold them inline."""
+        return self.spec.text.onnx_data if modality == TEXT and self.spec.text else self.spec.onnx_data
+
     def unavailable_reason(self, modality: str = IMAGE) -> str | None:
         """Why this graph cannot be loaded at all, seen without reading it."""
         if modality == TEXT and self.spec.text is None:
@@ -47,6 +51,9 @@ class ModelEntry:
             )
         if not self.graph_path(modality).is_file():
             return f"graph file missing: {self.graph_path(modality)}"
+        data = self.graph_data(modality)
+        if data is not None and not (self.directory / data.file).is_file():
+            return f"graph data file missing: {self.directory / data.file}"
         text = self.spec.text
         if modality == TEXT and text is not None and not (self.directory / text.tokenizer_file).is_file():
             return f"tokenizer file missing: {self.directory / text.tokenizer_file}"

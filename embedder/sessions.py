@@ -181,6 +181,9 @@ class SessionCache:
         if reason:
             raise ModelUnavailable(f"model {entry.name!r}: {reason}")
         _check_sha256(entry, entry.graph_path(modality), entry.graph_sha256(modality))
+        data = entry.graph_data(modality)
+        if data is not None:  # the weights of a graph over 2 GB: part of the graph, checked the same
+            _check_sha256(entry, entry.directory / data.file, data.sha256)
         session = open_session(entry.graph_path(modality), self.intra_op_threads)
         tokenizer = None
         if modality == TEXT:

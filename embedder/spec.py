@@ -14,7 +14,16 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from .families import FAMILIES
 
@@ -133,6 +142,27 @@ class Parity(_Frozen):
 SHA256 = r"^[0-9a-f]{64}$"
 
 
+class ExternalData(_Frozen):
+    """A graph's weights kept beside it in one ONNX external-data file: graphs over protobuf's 2 GB
+    limit cannot hold them inline (a SigLIP 2 So400m or giant text tower). The file is part of the
+    graph: the server checks its sha256 before loading, as it checks the graph's."""
+
+    file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx\.data$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _MayHoldExternalData(_Frozen):
+    """A graph's description: `onnx_data` is written only when the graph has external data, so a
+    model.json of an inline graph reads as it did before the field existed."""
+
+    @model_serializer(mode="wrap")
+    def _omit_inline(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        data: dict[str, object] = handler(self)
+        if data.get("onnx_data", "") is None:
+            del data["onnx_data"]
+        return data
+
+
 class TextParity(_Frozen):
     """Summary of the text half of the export gate; the per-text figures are in parity.json."""
 
@@ -146,7 +176,7 @@ class TextParity(_Frozen):
     tokenizer_sha256: str = Field(pattern=SHA256)
 
 
-class TextTower(_Frozen):
+class TextTower(_MayHoldExternalData):
     """A text tower: a second graph beside the image one, embedding into the same space.
 
     Graph contract: `input_ids` (and `attention_mask`, where `input_names` lists it) int64 [N, L]
@@ -161,6 +191,7 @@ class TextTower(_Frozen):
 
     onnx_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
     onnx_sha256: str = Field(pattern=SHA256)
+    onnx_data: ExternalData | None = None  # the graph's weights, when too big to hold inline
     tokenizer_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.json$")
     tokenizer_sha256: str = Field(pattern=SHA256)
     max_length: int = Field(ge=3, le=1024)
@@ -198,18 +229,19 @@ class Golden(_Frozen):
     texts: int = Field(ge=0)
 
 
-class ModelSpec(_Frozen):
+class ModelSpec(_MayHoldExternalData):
     schema_version: Literal[1] = SCHEMA_VERSION
     name: str = Field(pattern=NAME_PATTERN)
     aliases: tuple[str, ...] = ()
     family: str
-    pooling: Literal["projected", "cls", "mean", "cls+mean"]
+    pooling: Literal["projected", "cls", "mean", "cls+mean", "head"]
     embedding_dim: int = Field(gt=0, le=65536)
     input_name: Literal["pixel_values"] = "pixel_values"
     output_name: Literal["embedding"] = "embedding"
     onnx_file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.onnx$")
     # None until the model is exported (committed model.json files carry the processor values only).
     onnx_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    onnx_data: ExternalData | None = None  # the graph's weights, when too big to hold inline
     preprocessing: Preprocessing
     # False for graphs whose rows depend on their batch-mates (dynamic int8 quantisation scales
     # activations per tensor): the server then runs them one image per session.run.

@@ -24,6 +24,7 @@ from embedder.cpus import plan_threads
 from embedder.spec import (
     NAME_PATTERN,
     SPEC_FILE,
+    ExternalData,
     ModelSpec,
     Provenance,
     TextTower,
@@ -32,7 +33,7 @@ from embedder.spec import (
 )
 
 from .architectures import ARCHITECTURES, architecture
-from .convert import DEFAULT_OPSET, export_onnx
+from .convert import DEFAULT_OPSET, data_path, export_onnx
 from .criteria import INT8
 from .families import FAMILIES, Loaded
 from .golden import write_golden_set
@@ -71,6 +72,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-text", action="store_true", help="a family with a text tower: leave it out (image graph only)"
+    )
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="keep each graph's weights in a NAME.onnx.data file beside it (always so over protobuf's 2 GB)",
     )
     args = parser.parse_args(argv)
     if not re.fullmatch(NAME_PATTERN, args.out.name):
@@ -122,6 +128,7 @@ def build_spec(
         embedding_dim=loaded.embedding_dim,
         onnx_file=ONNX_FILE,
         onnx_sha256=file_sha256(out / ONNX_FILE),
+        onnx_data=external_data(out / ONNX_FILE),
         preprocessing=preprocessing_from_processor(loaded.processor),
         # int8 too: its activation scales are per token (export/quantize.py); the gate requires it.
         batch_invariant=True,
@@ -138,6 +145,12 @@ def build_spec(
     )
 
 
+def external_data(graph: Path) -> ExternalData | None:
+    """model.json's record of a graph's external-data file, if the export wrote one."""
+    data = data_path(graph)
+    return ExternalData(file=data.name, sha256=file_sha256(data)) if data.is_file() else None
+
+
 def export_fp32(
     args: argparse.Namespace, loaded: Loaded, aliases: list[str], out: Path, with_text: bool = True
 ) -> int:
@@ -145,10 +158,16 @@ def export_fp32(
     PyTorch; the gate's status."""
     out.mkdir(parents=True, exist_ok=True)
     height, width = preprocessing_from_processor(loaded.processor).input_size()
-    export_onnx(loaded.exportable(height, width), out / ONNX_FILE, height, width, args.opset)
+    export_onnx(
+        loaded.exportable(height, width), out / ONNX_FILE, height, width, args.opset, args.external_data
+    )
     text = None
-    if loaded.family.text is not None and with_text and not args.no_text:
-        text = export_text(loaded, out, args.opset)
+    hooks = loaded.family.text if with_text and not args.no_text else None
+    why_not = hooks.unavailable(loaded.source) if hooks is not None else None
+    if why_not:
+        log.warning("%s: exporting the image tower only: %s", args.out.name, why_not)
+    if hooks is not None and not why_not:
+        text = export_text(loaded, out, args.opset, args.external_data)
     else:
         remove_text_tower(out)
     write_spec(build_spec(args, loaded, aliases, out, text=text), out / SPEC_FILE)
@@ -170,6 +189,7 @@ def export_quantized(args: argparse.Namespace, loaded: Loaded, aliases: list[str
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     remove_text_tower(args.out)
+    data_path(args.out / ONNX_FILE).unlink(missing_ok=True)  # int8 graphs are held inline
     quantize_int8(fp32_dir / ONNX_FILE, args.out / ONNX_FILE)
     write_spec(build_spec(args, loaded, aliases, args.out, quantization=SCHEME), args.out / SPEC_FILE)
     log.info("quantised %s (%s); gating against the fp32 graph", args.out, SCHEME)

@@ -11,25 +11,67 @@ exporter, which produces a static, checkable graph with a dynamic batch axis.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
 import torch
 
 DEFAULT_OPSET = 17
+PROTOBUF_LIMIT = 2**31 - 1  # the largest protobuf message: a graph over it keeps its weights outside
+DATA_SUFFIX = ".data"  # model.onnx -> model.onnx.data: the external-data file beside its graph
+
+
+def data_path(path: Path) -> Path:
+    """Where the graph at `path` keeps its weights when they are external."""
+    return path.with_name(path.name + DATA_SUFFIX)
+
+
+@contextmanager
+def onnx_target(path: Path, external: bool = False) -> Iterator[Path]:
+    """Where torch.onnx.export writes, in a scratch folder beside `path`; then the graph moves to
+    `path` as written (inline), or, when it is over protobuf's 2 GB limit (the exporter then writes
+    one file per tensor) or `external` is asked, is saved again with every weight in one
+    external-data file, `data_path(path)`."""
+    data_path(path).unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as scratch:
+        raw = Path(scratch) / path.name
+        yield raw
+        spilled = any(p != raw for p in Path(scratch).iterdir())
+        if not (external or spilled or raw.stat().st_size > PROTOBUF_LIMIT):
+            shutil.move(raw, path)  # the exporter's bytes, unchanged
+            return
+        model = onnx.load(str(raw))  # with the exporter's per-tensor files, if any
+        onnx.save_model(
+            model,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data_path(path).name,
+            size_threshold=1024,
+        )
+        data_path(path).chmod(path.stat().st_mode & 0o777)  # onnx creates it 0600; readable as its graph
 
 
 def export_onnx(
-    module: torch.nn.Module, path: Path, height: int, width: int, opset: int = DEFAULT_OPSET
+    module: torch.nn.Module,
+    path: Path,
+    height: int,
+    width: int,
+    opset: int = DEFAULT_OPSET,
+    external: bool = False,
 ) -> None:
     dummy = torch.zeros(2, 3, height, width)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), onnx_target(path, external) as target:
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(
             module,
             (dummy,),
-            str(path),
+            str(target),
             input_names=["pixel_values"],
             output_names=["embedding"],
             dynamic_axes={"pixel_values": {0: "batch"}, "embedding": {0: "batch"}},
@@ -59,18 +101,19 @@ def export_text_onnx(
     inputs: dict[str, torch.Tensor],
     embedding_dim: int,
     opset: int = DEFAULT_OPSET,
+    external: bool = False,
 ) -> None:
     """The text tower: its int64 [N,L] inputs, in the order the module takes them (`input_ids`,
     and `attention_mask` where the family's graph takes it) -> `embedding` [N,D], N and L dynamic.
     Traced on a real padded batch (rows of different lengths)."""
     axes = {0: "batch", 1: "sequence"}
     names = list(inputs)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), onnx_target(path, external) as target:
         warnings.simplefilter("ignore")  # tracer warnings about python control flow on shapes
         torch.onnx.export(
             module,
             tuple(inputs.values()),
-            str(path),
+            str(target),
             input_names=names,
             output_names=["embedding"],
             dynamic_axes={**dict.fromkeys(names, axes), "embedding": {0: "batch"}},

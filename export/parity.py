@@ -44,10 +44,10 @@ from .convert import export_onnx
 from .criteria import FP32, INT8, TOLERANCE, Criterion, ImageResult, Reference
 from .families import FAMILIES, Loaded
 from .images import ParityImage, parity_images
-from .parity_texts import ParityText, parity_texts
+from .parity_texts import ParityText
 from .quantize import fp32_reference
 from .spec_writer import library_versions
-from .text import TextReport, run_text_gate
+from .text import TextReport, run_text_gate, text_hooks
 
 CHANNEL_AMBIGUOUS_HEIGHTS = (1, 3)
 # The gate decodes the huge images of its own set; the server's default limits are not its concern.
@@ -223,7 +223,7 @@ def run_gate(
     texts: list[ParityText] | None = None,
 ) -> GateReport:
     """Compare every image, then the whole set as one batch; the same for the texts when the model
-    has a text tower (the committed set unless given); write parity.json and model.json.
+    has a text tower (its family's set unless given); write parity.json and model.json.
 
     The reference is PyTorch unless given (a quantised graph is held to its fp32 graph)."""
     reference = reference or torch_reference(loaded)
@@ -248,7 +248,7 @@ def run_gate(
         batch_diff = max(batch_diff, *map(float, normalised))
     text = None
     if spec.text is not None:
-        text_set = parity_texts() if texts is None else texts
+        text_set = text_hooks(loaded).parity_texts() if texts is None else texts
         text = run_text_gate(model_dir, spec.text, loaded, text_set, TOLERANCE)
     report = GateReport(
         model=spec.name,

@@ -10,7 +10,7 @@ from embedder.spec import RESAMPLE_CODES, CropSize, Preprocessing, Resize
 # The slow processors whose steps embedder/preprocess.py reproduces bit for bit. A family whose
 # checkpoints use another one adds it here once the server reproduces it (docs/adding-a-model.md);
 # a list, not read from the registry: bench imports this module and must not import torch for it.
-SUPPORTED_PROCESSORS = ("CLIPImageProcessor", "BitImageProcessor")
+SUPPORTED_PROCESSORS = ("CLIPImageProcessor", "BitImageProcessor", "SiglipImageProcessor")
 _RESAMPLE_NAMES = {code: name for name, code in RESAMPLE_CODES.items()}
 
 

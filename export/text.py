@@ -32,16 +32,16 @@ import torch
 
 from embedder.cpus import plan_threads
 from embedder.runtime import open_session, run_text
-from embedder.spec import TextParity, TextTower, file_sha256
+from embedder.spec import ExternalData, TextParity, TextTower, file_sha256
 from embedder.text import TextTokenizer, collate, pad
 
-from .convert import export_text_onnx
+from .convert import data_path, export_text_onnx
 from .families import Loaded, TextHooks, TextRules
 from .parity_texts import ParityText
 
 TEXT_ONNX = "text.onnx"
 TOKENIZER_FILE = "tokenizer.json"
-STALE_FILES = (TEXT_ONNX, TOKENIZER_FILE)
+STALE_FILES = (TEXT_ONNX, TOKENIZER_FILE, TEXT_ONNX + ".data")
 REFERENCE = "transformers: AutoTokenizer (fast, truncation=True) + "  # + the family's reference_name
 # What a comparison that could not be made is recorded as: the worst values two unit vectors can
 # reach (finite, so model.json stays valid JSON).
@@ -72,8 +72,9 @@ def hf_encode(tokenizer: Any, texts: str | list[str], rules: TextRules | TextTow
     return tokenizer(texts, padding=padding, truncation=True, max_length=rules.max_length, **kwargs)
 
 
-def export_text(loaded: Loaded, out: Path, opset: int) -> TextTower:
-    """Write `text.onnx` and `tokenizer.json` into `out`; the `text` section describing them."""
+def export_text(loaded: Loaded, out: Path, opset: int, external: bool = False) -> TextTower:
+    """Write `text.onnx` and `tokenizer.json` into `out`; the `text` section describing them.
+    A graph over 2 GB (or any, with `external`) keeps its weights in `text.onnx.data`."""
     hooks = text_hooks(loaded)
     tokenizer = hooks.tokenizer(loaded.source)
     # The backend exactly as loaded, before any call sets truncation or padding on it.
@@ -87,10 +88,13 @@ def export_text(loaded: Loaded, out: Path, opset: int) -> TextTower:
         {name: dummy[name] for name in rules.input_names},
         loaded.embedding_dim,
         opset,
+        external,
     )
+    data = data_path(out / TEXT_ONNX)
     return TextTower(
         onnx_file=TEXT_ONNX,
         onnx_sha256=file_sha256(out / TEXT_ONNX),
+        onnx_data=ExternalData(file=data.name, sha256=file_sha256(data)) if data.is_file() else None,
         tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=file_sha256(out / TOKENIZER_FILE),
         **rules.fields(),

@@ -138,6 +138,11 @@ tiny_clip_export, tiny_clip_dir = session_export("tiny_clip", "clip", "tiny-clip
 tiny_dinov2_export, tiny_dinov2_dir = session_export(
     "tiny_dinov2", "dinov2", "tiny-dinov2", *TINY, seed=TINY_SEED
 )
+# SigLIP with --external-data: its graphs keep their weights in .onnx.data files, as a SigLIP 2
+# So400m's or giant's text tower must (over protobuf's 2 GB), so every test serving it covers them.
+tiny_siglip_export, tiny_siglip_dir = session_export(
+    "tiny_siglip", "siglip", "tiny-siglip", *TINY, "--external-data", seed=TINY_SEED
+)
 
 # Full-size models (tens of seconds each; for @pytest.mark.slow tests) through the full gate, huge
 # images included; named like the committed models (`clip-vit-base-patch32`, `dinov2-small`).
@@ -156,7 +161,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
 
     root = tmp_path_factory.mktemp("tiny-checkpoints")
     checkpoints = {}
-    for family, arch in (("clip", "tiny-clip"), ("dinov2", "tiny-dinov2")):
+    for family, arch in (("clip", "tiny-clip"), ("dinov2", "tiny-dinov2"), ("siglip", "tiny-siglip")):
         checkpoints[family] = root / f"{arch}-checkpoint"
         save_random_init(ARCHITECTURES[arch], CHECKPOINT_SEED, checkpoints[family])
     return checkpoints

@@ -13,8 +13,9 @@ from pathlib import Path
 from .base import Architecture, Family, Loaded, TextHooks, TextRules
 from .clip import CLIP
 from .dinov2 import DINOV2
+from .siglip import SIGLIP
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (CLIP, DINOV2)}
+FAMILIES: dict[str, Family] = {family.name: family for family in (CLIP, DINOV2, SIGLIP)}
 
 # name -> its poolings, the first the default (the serving side's list: embedder/families.py)
 POOLINGS: dict[str, tuple[str, ...]] = {name: family.poolings for name, family in FAMILIES.items()}

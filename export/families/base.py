@@ -20,6 +20,8 @@ from transformers import AutoImageProcessor, AutoTokenizer, PretrainedConfig, Pr
 
 from embedder.families import FAMILIES as SERVED_FAMILIES
 
+from ..parity_texts import ParityText, parity_texts
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -127,6 +129,16 @@ class TextHooks(ABC):
     def slow_tokenizer(self, source: str) -> tuple[Any | None, str]:
         """A second tokenizer whose differing ids the gate records (not a failure), and its name."""
         return None, "none compared"
+
+    def unavailable(self, source: str) -> str | None:
+        """Why this checkpoint's text tower cannot be served (the export then writes the image tower
+        alone and says why), or None."""
+        return None
+
+    def parity_texts(self) -> list[ParityText]:
+        """The gate's text set: the committed one (export/parity_texts.py), unless the family's
+        window needs cases of its own."""
+        return parity_texts()
 
 
 class Family(ABC):

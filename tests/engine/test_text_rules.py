@@ -91,5 +91,7 @@ def test_unknown_family_is_a_start_up_error_naming_the_known(tmp_path: Path) -> 
         '{"name": "m", "family": "siglip9", "pooling": "projected", "embedding_dim": 4,'
         ' "onnx_file": "model.onnx", "preprocessing": {}}'
     )
-    with pytest.raises(SpecError, match=r"field 'family': .*unknown family 'siglip9'; known: clip, dinov2"):
+    with pytest.raises(
+        SpecError, match=r"field 'family': .*unknown family 'siglip9'; known: clip, dinov2, siglip"
+    ):
         load_spec(spec)

@@ -127,8 +127,11 @@ def dinov2_base_dir(tmp_path_factory: pytest.TempPathFactory, export_model: Any)
     return out
 
 
-def test_every_family_is_exported_by_the_suite(tiny_clip_dir: Path, tiny_dinov2_dir: Path) -> None:
-    covered = {load_spec(directory / "model.json").family for directory in (tiny_clip_dir, tiny_dinov2_dir)}
+def test_every_family_is_exported_by_the_suite(
+    tiny_clip_dir: Path, tiny_dinov2_dir: Path, tiny_siglip_dir: Path
+) -> None:
+    exports = (tiny_clip_dir, tiny_dinov2_dir, tiny_siglip_dir)
+    covered = {load_spec(directory / "model.json").family for directory in exports}
     assert covered == set(FAMILIES)
 
 

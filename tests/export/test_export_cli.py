@@ -26,7 +26,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoImageProcessor, CLIPModel, Dinov2Model
+from transformers import AutoImageProcessor, CLIPModel, Dinov2Model, SiglipModel
 
 from embedder.runtime import open_session, run
 from embedder.spec import ModelSpec, load_spec
@@ -98,6 +98,8 @@ def expected_dim(family: str, pooling: str) -> int:
     config = ARCHITECTURES[f"tiny-{family}"].config
     if family == "clip":
         return int(config["projection_dim"])
+    if family == "siglip":
+        return int(config["vision_config"]["hidden_size"])  # the attention-pooling head's width
     return int(config["hidden_size"]) * (2 if pooling == "cls+mean" else 1)
 
 
@@ -202,6 +204,9 @@ def torch_embeddings(family: str, pooling: str, checkpoint: Path, pixels: torch.
             return (
                 CLIPModel.from_pretrained(checkpoint).eval().get_image_features(pixel_values=pixels).numpy()
             )
+        if family == "siglip":
+            vision = SiglipModel.from_pretrained(checkpoint).eval().vision_model
+            return vision(pixel_values=pixels).pooler_output.numpy()  # the attention-pooling head
         tokens = Dinov2Model.from_pretrained(checkpoint).eval()(pixel_values=pixels).last_hidden_state
     cls, mean = tokens[:, 0], tokens[:, 1:].mean(dim=1)
     return {"cls": cls, "mean": mean, "cls+mean": torch.cat([cls, mean], dim=1)}[pooling].numpy()
@@ -226,7 +231,7 @@ def test_onnx_output_equals_pytorch(
 # --- random-init labelling ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fixture", ["tiny_clip_export", "tiny_dinov2_export"])
+@pytest.mark.parametrize("fixture", ["tiny_clip_export", "tiny_dinov2_export", "tiny_siglip_export"])
 def test_random_init_export_is_labelled_everywhere(fixture: str, request: pytest.FixtureRequest) -> None:
     exported = request.getfixturevalue(fixture)
     assert exported.process.returncode == 0

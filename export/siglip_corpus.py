@@ -1,0 +1,66 @@
+"""The committed corpus the random-init SigLIP tokenizer is trained on (export/families/siglip.py).
+
+A few sentences per script, so the trained SentencePiece model has pieces for Latin, Cyrillic,
+Greek, Arabic, Hebrew, Devanagari, Thai, Hangul and CJK text, digits and emoji; what it has no
+piece for falls back to bytes, as Gemma's tokenizer does. It exists to prove the pipeline without
+a download: a real checkpoint brings its own tokenizer. Kept as a module so it ships in the wheel.
+Changing a line changes the random-init tokenizer, and so every random-init SigLIP export.
+"""
+
+from __future__ import annotations
+
+CORPUS: tuple[str, ...] = (
+    "a photo of a cat",
+    "a photo of a dog",
+    "a photo of a cat sleeping on a red sofa",
+    "a close-up photo of a bee on a lavender flower",
+    "two people riding bicycles along a river at sunset",
+    "an aerial view of a city at night with many lights",
+    "a bowl of ramen with a soft-boiled egg and green onions",
+    "a black and white photograph of an old man reading a newspaper",
+    "a watercolor painting of mountains and a lake in the morning",
+    "a diagram of the human heart with labels",
+    "the quick brown fox jumps over the lazy dog",
+    "a a a a a a a a a a a a a a a a a a a a",
+    "this is a picture of a small house in a green field",
+    "there are 3 apples, 12 oranges and 1000 grapes on the table in 2024",
+    "email me at someone@example.com or visit https://example.com/path?query=1",
+    "une photo d'un chat sur un canapé rouge",
+    "la tour Eiffel sous la pluie, à Paris",
+    "ein Foto von einem Hund am Strand, Zürich und Köln",
+    "una foto de un perro en la playa al atardecer",
+    "uma foto de um gato em São Paulo",
+    "una fotografia di una città italiana di notte",
+    "zdjęcie kota na czerwonej kanapie w Krakowie",
+    "fotografie psa v Praze, Dvořák a Čapek",
+    "İstanbul'da bir kedinin fotoğrafı",
+    "ảnh một con mèo ở Việt Nam, tiếng Việt có dấu",
+    "фотография кошки на красном диване",
+    "привет, мир; ёлка и ёж",
+    "μια φωτογραφία μιας γάτας στην Αθήνα, καλημέρα κόσμε",
+    "σίσυφος και οδυσσεύς",
+    "صورة قطة على أريكة حمراء",
+    "مرحبا بالعالم، اللغة العربية جميلة",
+    "عکس یک گربه در تهران",
+    "תמונה של חתול על ספה אדומה",
+    "שלום עולם",
+    "एक बिल्ली की तस्वीर, नमस्ते दुनिया",
+    "ภาพแมวบนโซฟาสีแดง สวัสดีชาวโลก",
+    "一只猫的照片，一隻貓的照片",
+    "东京塔和富士山的照片",
+    "猫の写真です。ねこのしゃしん、ネコノシャシン",
+    "東京タワーと富士山、漢字かな交じり文です。",
+    "고양이 사진입니다. 한국어와 日本語と中文",
+    "வணக்கம் உலகம்",
+    "გამარჯობა მსოფლიო",
+    "Բարեւ աշխարհ",
+    "ሰላም ልዑል",
+    "🐱 🐶 🐭 a photo of a 🐱 🎉 👍 ❤️",
+    "😀😃😄😁 I ❤️ NY 🇫🇷 🇯🇵",
+    "x^2 + y^2 = z^2, ∑ aᵢ ≤ ∞, √2 ≈ 1.414",
+    "price: $19.99, €18,50, £15.00, ¥2000",
+    "<b>bold</b> and <i>italic</i> &amp; &lt;tags&gt;",
+    "def f(x): return x ** 2",
+    "tabs\tand\nnew lines and   many spaces",
+    "the year 1999 and the year 2024, 0123456789",
+)
