@@ -1,6 +1,6 @@
 """`make bench`: one run, same images, every side measured; writes bench/RESULTS.md and results.json.
 
-    python -m bench --models-dir models [--smoke] [--clip NAME] [--dinov2 NAME]
+    python -m bench --models-dir models [--smoke] [--clip NAME] [--dinov2 NAME] [--siglip NAME]
 
 --smoke runs seconds-long measurements (CI), on whatever models are named.
 """
@@ -24,6 +24,7 @@ from tests.support.processes import ServerProcess
 
 from . import int8 as int8_bench
 from . import measure, timings
+from . import siglip as siglip_bench
 from .http import bench_http
 from .report import render
 from .service import bench_server, run_load
@@ -38,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--clip", default="clip-vit-base-patch32")
     parser.add_argument("--dinov2", default="dinov2-small")
+    parser.add_argument("--siglip", default="siglip2-base-patch16-224", help="measured when exported")
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes (CI)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     return parser.parse_args()
@@ -229,11 +231,17 @@ def main() -> int:
             results["http"] = bench_http(args.models_dir, args.clip, scratch, seconds, args.smoke)
         if args.clip in repo.entries:  # the speeds `make test` holds only as properties (issue 26)
             results["timings"] = timings.measure(args.models_dir, args.clip, scratch, args.smoke)
+        if args.siglip in repo.entries:  # SigLIP 2 on a server of its own (bench/siglip.py, issue 24)
+            siglip = siglip_bench.bench_siglip(args.models_dir, args.siglip, dirs["frames"], scratch, seconds)
+            if not args.smoke:
+                siglip["export"] = siglip_bench.export_cost(scratch / "siglip-export" / args.siglip)
+            results["siglip"] = siglip
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "-smoke" if args.smoke else ""
     (args.out / f"results{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"RESULTS{suffix}.md").write_text(render(results))
-    print(render(results))
+    report = render(results) + (siglip_bench.render(results["siglip"]) if "siglip" in results else "")
+    (args.out / f"RESULTS{suffix}.md").write_text(report)
+    print(report)
     return 0
 
 
