@@ -190,3 +190,29 @@ def test_a_slow_only_tokenizer_exports_the_image_tower_alone_and_says_why(tmp_pa
     spec = load_spec(out / "model.json")
     assert spec.text is None and spec.verified and spec.preprocessing.resample == "bicubic"
     assert not (out / "text.onnx").exists()
+
+
+def test_base_architecture_is_the_published_siglip2_base_patch16_224() -> None:
+    """The random-init recipe's full-size build (exported by `make bench`, not here): both towers
+    ViT-B, patch 16 at 224, a 256,000-token vocabulary and 64 positions, the published processor."""
+    arch = ARCHITECTURES["google/siglip2-base-patch16-224"]
+    config = SiglipConfig(**arch.config)
+    for tower in (config.text_config, config.vision_config):
+        shape = (
+            tower.hidden_size,
+            tower.num_hidden_layers,
+            tower.num_attention_heads,
+            tower.intermediate_size,
+        )
+        assert shape == (768, 12, 12, 3072)
+    assert (config.text_config.vocab_size, config.text_config.max_position_embeddings) == (256_000, WINDOW)
+    assert (config.vision_config.patch_size, config.vision_config.image_size) == (16, 224)
+    pre = preprocessing_from_processor(
+        SiglipImageProcessor(**{k: v for k, v in arch.processor.items() if k != "image_processor_type"})
+    )
+    assert (
+        pre.resize is not None
+        and (pre.resize.height, pre.resize.width) == (224, 224)
+        and pre.center_crop is None
+    )
+    assert (pre.resample, pre.mean, pre.std) == ("bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
