@@ -21,6 +21,7 @@ from tests.hardening.conftest import image_request
 from tests.support.images import encode, picture
 from tests.support.inprocess import Served
 from tests.support.models import CLIP
+from tests.support.polling import wait_until
 
 Serve = Callable[..., Served]
 MAX_QUEUE = 4
@@ -34,15 +35,6 @@ def images_run(served: Served) -> float:
 def requests_seen(served: Served) -> dict[str, float]:
     codes = ("OK", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED", "INVALID_ARGUMENT", "INTERNAL")
     return {code: served.metric("embedder_requests_total", model=CLIP, code=code) for code in codes}
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 def settled_value(read: Callable[[], float], quiet_s: float = 0.5, timeout: float = 15.0) -> float:

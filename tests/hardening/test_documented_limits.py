@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -23,21 +22,12 @@ from tests.hardening.conftest import image_request
 from tests.support.images import encode, picture
 from tests.support.inprocess import Served
 from tests.support.models import CLIP
+from tests.support.polling import wait_until
 
 Serve = Callable[..., Served]
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    """Polls `condition`; `timeout` is a generous bound for something that takes milliseconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def text_request(*texts: str) -> pb.EmbedTextRequest:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,15 +83,6 @@ def openai_client(served: Served, api_key: str = "unused", **options: Any) -> Op
         timeout=TIMEOUT_S,
         **options,
     )
-
-
-def wait_until(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
 
 
 @pytest.fixture(scope="module")

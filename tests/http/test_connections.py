@@ -17,10 +17,11 @@ import pytest
 
 from embedder.client import build_request
 from tests.hardening.certs import Pki, make_pki
-from tests.http.conftest import Answer, Serve, data_uri, embeddings, http_port, wait_until
+from tests.http.conftest import Answer, Serve, data_uri, embeddings, http_port
 from tests.support.images import encode, photo_jpeg, picture
 from tests.support.inprocess import Served
 from tests.support.models import CLIP
+from tests.support.polling import wait_until
 from tests.support.processes import ServerProcess
 
 PNG = encode(picture(40, 30, 5), "PNG")

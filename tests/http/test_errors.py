@@ -17,10 +17,11 @@ import pytest
 
 from embedder.client import build_request, to_numpy
 from tests.hardening.corpus import Case, corpus
-from tests.http.conftest import Answer, Serve, data_uri, embeddings, openai_client, request, wait_until
+from tests.http.conftest import Answer, Serve, data_uri, embeddings, openai_client, request
 from tests.support.images import encode, photo_jpeg, picture
 from tests.support.inprocess import Served, serving
 from tests.support.models import CLIP, DINO
+from tests.support.polling import wait_until
 
 PNG = encode(picture(48, 32, 2), "PNG")
 

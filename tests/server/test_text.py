@@ -24,6 +24,7 @@ from export.families import save_random_init
 from export.parity_texts import parity_texts
 from tests.support.inprocess import Served, serving
 from tests.support.models import CLIP, DINO
+from tests.support.polling import wait_until
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 TEXTS = [
@@ -193,15 +194,6 @@ def text_calls_ended(served: Served) -> dict[str, float]:
     }
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, step: float = 0.01) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(step)
-    return condition()
-
-
 def test_an_expired_deadline_never_reaches_the_text_graph(serve: object) -> None:
     """256 texts of 77 tokens take far longer to tokenize than a 1 ms deadline. The client ends the
     call DEADLINE_EXCEEDED by itself whatever the server does; what the server must do is drop
@@ -221,7 +213,7 @@ def test_an_expired_deadline_never_reaches_the_text_graph(serve: object) -> None
                 roomy.stub.EmbedText(pb.EmbedTextRequest(model=CLIP, texts=long_texts), timeout=0.001)
             assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             sent += 1
-        if wait_for(lambda: handled() > 0, 2.0):
+        if wait_until(lambda: handled() > 0, 2.0):
             break
     # Let the server finish what it received: the count stops moving once every handler returned.
     settled = -1.0
@@ -244,11 +236,11 @@ def test_a_cancelled_text_call_leaves_the_queue(serve: object) -> None:
     texts = [f"{i} " + "many words " * 60 for i in range(256)]
     before = texts_run(served)
     call = served.stub.EmbedText.future(pb.EmbedTextRequest(model=CLIP, texts=texts), timeout=120.0)
-    queued = wait_for(lambda: served.server.engine.queue_depths().get((CLIP, "text"), 0) > 0, 60.0, 0.001)
+    queued = wait_until(lambda: served.server.engine.queue_depths().get((CLIP, "text"), 0) > 0, 60.0, 0.001)
     assert queued, "the texts never queued"
     call.cancel()
     assert call.cancelled() or call.code() == grpc.StatusCode.CANCELLED
-    assert wait_for(lambda: served.server.engine.queue_depths()[(CLIP, "text")] == 0, 5.0)
+    assert wait_until(lambda: served.server.engine.queue_depths()[(CLIP, "text")] == 0, 5.0)
     ran = texts_run(served) - before
     print(f"\ncancelled a 256-text call once queued: {ran:.0f} of its texts had run, queue back to 0")
     assert ran < len(texts), "every text ran: the cancellation dropped nothing"
