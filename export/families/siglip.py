@@ -314,9 +314,12 @@ class Siglip(Family):
         """NaFlex checkpoints (`Siglip2Model`, variable resolution) are refused, naming the
         fixed-resolution checkpoints that `SiglipModel` loads."""
         config = Path(source) / "config.json"
-        model_type = json.loads(config.read_text())["model_type"] if config.is_file() else None
+        model_type = json.loads(config.read_text()).get("model_type") if config.is_file() else None
         if model_type is None:
-            model_type = SiglipConfig.get_config_dict(source)[0].get("model_type")
+            try:
+                model_type = SiglipConfig.get_config_dict(source)[0].get("model_type")
+            except OSError:  # no hub, no such checkpoint: `Family.load` says so
+                model_type = None
         if model_type == "siglip2" or source.endswith("-naflex"):
             # google/siglip2-X-naflex -> google/siglip2-X-224 style ids; a local folder: the base one
             hub_id = source.endswith("-naflex") and not Path(source).exists()
