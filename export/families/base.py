@@ -156,11 +156,13 @@ class Family(ABC):
     def embedding_dim(self, config: Any, pooling: str) -> int:
         """The image graph's output width for a config and a pooling."""
 
-    @abstractmethod
     def image_features(
         self, model: PreTrainedModel, pixel_values: torch.Tensor, pooling: str
     ) -> torch.Tensor:
-        """PyTorch's image vector, as the pipeline being replaced computes it: the gate's reference."""
+        """PyTorch's image vector, as the pipeline being replaced computes it: the gate's reference.
+        By default the model's own `get_image_features` (CLIP, SigLIP); a family without one overrides."""
+        features: torch.Tensor = model.get_image_features(pixel_values=pixel_values)  # type: ignore[operator]
+        return features
 
     @abstractmethod
     def image_module(self, model: PreTrainedModel, pooling: str, height: int, width: int) -> torch.nn.Module:

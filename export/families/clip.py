@@ -230,12 +230,6 @@ class Clip(Family):
     def embedding_dim(self, config: Any, pooling: str) -> int:
         return int(config.projection_dim)
 
-    def image_features(
-        self, model: PreTrainedModel, pixel_values: torch.Tensor, pooling: str
-    ) -> torch.Tensor:
-        features: torch.Tensor = model.get_image_features(pixel_values=pixel_values)  # type: ignore[operator]
-        return features
-
     def image_module(self, model: PreTrainedModel, pooling: str, height: int, width: int) -> torch.nn.Module:
         return ClipImageFeatures(model)  # type: ignore[arg-type]
 

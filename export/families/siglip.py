@@ -331,12 +331,6 @@ class Siglip(Family):
             )
         return super().load(source, pooling)
 
-    def image_features(
-        self, model: PreTrainedModel, pixel_values: torch.Tensor, pooling: str
-    ) -> torch.Tensor:
-        features: torch.Tensor = model.get_image_features(pixel_values=pixel_values)  # type: ignore[operator]
-        return features
-
     def image_module(self, model: PreTrainedModel, pooling: str, height: int, width: int) -> torch.nn.Module:
         return SiglipImageFeatures(model)  # type: ignore[arg-type]
 
