@@ -395,7 +395,9 @@ def test_embedder_has_no_code_execution_path_from_data() -> None:
                     if isinstance(func, ast.Attribute)
                     else ""
                 )
-                if name in FORBIDDEN_CALLS:
+                # re.compile builds a regular expression, not code: the one attribute call allowed.
+                is_regex = isinstance(func, ast.Attribute) and ast.unparse(func) == "re.compile"
+                if name in FORBIDDEN_CALLS and not is_regex:
                     problems.append(f"{path.name}:{node.lineno} calls {name}")
                 if any(k.arg == "allow_pickle" for k in node.keywords):
                     problems.append(f"{path.name}:{node.lineno} passes allow_pickle")
