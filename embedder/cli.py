@@ -140,7 +140,7 @@ def _client_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embedder",
-        description="CLIP and DINOv2 embeddings (images, and CLIP's texts) over gRPC and HTTP",
+        description="Image and text embeddings (CLIP, DINOv2, SigLIP) over gRPC and HTTP",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the server (gRPC, and HTTP with OpenAI's /v1/embeddings)")

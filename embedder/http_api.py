@@ -122,7 +122,7 @@ class HttpFrontEnd:
     def _build(self) -> FastAPI:
         app = FastAPI(
             title="embedder",
-            summary="CLIP and DINOv2 embeddings; OpenAI-compatible /v1/embeddings",
+            summary="Image and text embeddings on ONNX Runtime; OpenAI-compatible /v1/embeddings",
             openapi_url="/openapi.json",
             docs_url="/docs",
             redoc_url=None,
