@@ -3,10 +3,11 @@
 The export gate proves a graph on the machine that exported it. A server may run elsewhere:
 another CPU (AVX-512 picks other ORT kernels), other library versions, a half-copied models
 folder. So each export keeps a few of the gate's inputs with reference vectors (`golden.npz`:
-PyTorch's for an fp32 export, the graph's own for an int8 variant, which the gate held to fp32);
-when a graph loads, the server embeds them through its own path (decode, preprocessing or the
-tokenizer, the very session it will serve with) and compares. `embedder verify` does the same
-from outside, over gRPC.
+PyTorch's for an fp32 export, the fp32 graph's for an int8 variant); when a graph loads, the
+server embeds them through its own path (decode, preprocessing or the tokenizer, the very session
+it will serve with) and compares, by the rule the gate held the graph to: within 1e-6 for fp32,
+cosine at or above model.json's `golden.min_cosine` for int8. `embedder verify` does the same from
+outside, over gRPC.
 """
 
 from __future__ import annotations
@@ -43,9 +44,28 @@ class GoldenError(ValueError):
 class GoldenSet:
     names: list[str]
     images: list[bytes]
-    vectors: np.ndarray  # [K, D] reference vectors of the images (PyTorch's, or int8's own)
+    vectors: np.ndarray  # [K, D] reference vectors of the images (PyTorch's, or the fp32 graph's)
     texts: list[str]
     text_vectors: np.ndarray  # [T, D], T may be 0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    max_abs: float  # of the L2-normalised vectors
+    min_cosine: float
+    worst: str  # the input that differs most (lowest cosine)
+
+    def passes(self, required_cosine: float | None) -> bool:
+        """`required_cosine` None: within TOLERANCE; else every cosine at it or above."""
+        if required_cosine is None:
+            return self.max_abs <= TOLERANCE
+        return self.min_cosine >= required_cosine
+
+
+def rule(required_cosine: float | None) -> str:
+    if required_cosine is None:
+        return f"tolerance {TOLERANCE:g}"
+    return f"quantised: cosine to the fp32 graph >= {required_cosine:g}"
 
 
 @dataclass(frozen=True)
@@ -56,14 +76,16 @@ class SelfCheck:
     items: int = 0
     seconds: float = 0.0
     cpu_flags: str = ""
+    min_cosine: float = float("nan")
+    required_cosine: float | None = None  # None: the max-abs rule
 
     def describe(self) -> str:
         if self.state == "not self-checked":
             return "not self-checked (exported without a golden set)"
         return (
-            f"golden self-check {self.state}: normalised max-abs {self.max_abs:.2e} (tolerance "
-            f"{TOLERANCE:g}) over {self.items} inputs, worst {self.worst!r}, in {self.seconds:.2f} s "
-            f"on CPU flags {self.cpu_flags}"
+            f"golden self-check {self.state}: normalised max-abs {self.max_abs:.2e}, min cosine "
+            f"{self.min_cosine:.6f} ({rule(self.required_cosine)}) over {self.items} inputs, worst "
+            f"{self.worst!r}, in {self.seconds:.2f} s on CPU flags {self.cpu_flags}"
         )
 
 
@@ -113,38 +135,46 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return unit
 
 
-def compare(served: np.ndarray, reference: np.ndarray, names: list[str]) -> tuple[float, str]:
-    """Max-abs of the L2-normalised vectors, and which input it is."""
+def compare(served: np.ndarray, reference: np.ndarray, names: list[str]) -> Comparison:
+    """Max-abs and cosines of the L2-normalised vectors, and the input with the lowest cosine."""
     if served.shape != reference.shape:
         raise GoldenError(
             f"the graph gave {list(served.shape)} for the golden inputs, the references are {list(reference.shape)}"
         )
-    diffs = np.abs(_unit(served) - _unit(reference)).max(axis=-1)
-    worst = int(np.argmax(diffs))
-    return float(diffs[worst]), names[worst]
+    ours, theirs = _unit(served), _unit(reference)
+    cosines = (ours * theirs).sum(axis=-1)
+    worst = int(np.argmin(cosines))
+    return Comparison(float(np.abs(ours - theirs).max()), float(cosines[worst]), names[worst])
 
 
-def check_images(golden: GoldenSet, spec: ModelSpec, session: ort.InferenceSession) -> tuple[float, str]:
+def check_images(golden: GoldenSet, spec: ModelSpec, session: ort.InferenceSession) -> Comparison:
     """The golden images through decode -> preprocess -> `session`, as one batch."""
     preprocessor = Preprocessor(spec.preprocessing)
     tensors = np.stack([preprocessor(decode(data)) for data in golden.images])
     return compare(run(session, tensors), golden.vectors, golden.names)
 
 
-def check_texts(
-    golden: GoldenSet, tokenizer: TextTokenizer, session: ort.InferenceSession
-) -> tuple[float, str]:
+def check_texts(golden: GoldenSet, tokenizer: TextTokenizer, session: ort.InferenceSession) -> Comparison:
     """The golden texts through the tokenizer -> `session`, as one padded batch."""
     feeds = tokenizer.feeds(tokenizer.encode(golden.texts))
     return compare(run_text(session, feeds), golden.text_vectors, golden.texts)
 
 
-def measure(check: Callable[[], tuple[float, str]], items: int) -> SelfCheck:
-    """Runs `check` (-> max-abs, worst input) and grades it against TOLERANCE."""
+def measure(check: Callable[[], Comparison], items: int, required_cosine: float | None) -> SelfCheck:
+    """Runs `check` and grades it by the rule (`Comparison.passes`)."""
     started = time.perf_counter()
-    max_abs, worst = check()
-    state = "passed" if max_abs <= TOLERANCE else "failed"
-    return SelfCheck(state, max_abs, worst, items, time.perf_counter() - started, cpu_flags())
+    found = check()
+    state = "passed" if found.passes(required_cosine) else "failed"
+    return SelfCheck(
+        state,
+        found.max_abs,
+        found.worst,
+        items,
+        time.perf_counter() - started,
+        cpu_flags(),
+        found.min_cosine,
+        required_cosine,
+    )
 
 
 def encoded(images: list[bytes]) -> dict[str, np.ndarray]:

@@ -244,4 +244,6 @@ def _self_check(check: SelfCheck) -> pb.SelfCheck:
         inputs=check.items,
         seconds=check.seconds,
         cpu_flags=check.cpu_flags,
+        min_cosine=check.min_cosine if measured else 0.0,
+        required_cosine=check.required_cosine or 0.0,
     )

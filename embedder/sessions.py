@@ -222,9 +222,17 @@ class SessionCache:
                 if not golden.texts:
                     self.checks[graph] = SelfCheck("not self-checked")
                     return
-                check = measure(lambda: check_texts(golden, tokenizer, loaded.session), len(golden.texts))
+                check = measure(
+                    lambda: check_texts(golden, tokenizer, loaded.session),
+                    len(golden.texts),
+                    golden_spec.min_cosine,
+                )
             else:
-                check = measure(lambda: check_images(golden, entry.spec, loaded.session), len(golden.images))
+                check = measure(
+                    lambda: check_images(golden, entry.spec, loaded.session),
+                    len(golden.images),
+                    golden_spec.min_cosine,
+                )
         except GoldenError as exc:
             raise ModelUnavailable(f"model {entry.name!r}: golden set refused: {exc}") from None
         if check.state == "failed":

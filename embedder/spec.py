@@ -220,13 +220,17 @@ class TextTower(_MayHoldExternalData):
 
 
 class Golden(_Frozen):
-    """A few of the gate's inputs with reference vectors (PyTorch's for an fp32 export, the graph's
-    own for an int8 variant), which the server re-embeds at load."""
+    """A few of the gate's inputs with reference vectors, which the server re-embeds at load: for an
+    fp32 export PyTorch's, each served vector within 1e-6 (normalised max-abs); for a quantised
+    variant its fp32 graph's, each served vector at `min_cosine` or above (the gate's criterion).
+    Integer rounding flips where other SIMD kernels reorder the float steps before a quantisation,
+    so a quantised graph cannot promise its own vectors to 1e-6 on every CPU."""
 
     file: str = Field(pattern=r"^[A-Za-z0-9._-]+\.npz$")
     sha256: str = Field(pattern=SHA256)
     images: int = Field(ge=1)
     texts: int = Field(ge=0)
+    min_cosine: float | None = Field(default=None, gt=0, le=1)
 
 
 class ModelSpec(_MayHoldExternalData):

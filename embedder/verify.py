@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import EmbedderError
-from .golden import TOLERANCE, GoldenError, compare, load_golden
+from .golden import TOLERANCE, GoldenError, compare, load_golden, rule
 from .repository import ModelEntry, Repository
 from .spec import SpecError
 
@@ -75,19 +75,19 @@ def verify_one(client: Any, entry: ModelEntry, served: dict[str, Any]) -> dict[s
         golden = load_golden(entry.directory / spec.golden.file, spec.golden.sha256)
     except GoldenError as exc:
         return {**result, "result": "failed", "reason": f"golden set refused: {exc}"}
-    checks = [
-        ("images", *compare(client.embed(name, golden.images).embeddings, golden.vectors, golden.names))
-    ]
+    checks = [compare(client.embed(name, golden.images).embeddings, golden.vectors, golden.names)]
     if golden.texts and spec.text is not None:
         served_texts = client.embed_text(name, golden.texts).embeddings
-        checks.append(("texts", *compare(served_texts, golden.text_vectors, golden.texts)))
-    max_abs, worst = max((c[1], c[2]) for c in checks)
-    passed = max_abs <= TOLERANCE
+        checks.append(compare(served_texts, golden.text_vectors, golden.texts))
+    required = spec.golden.min_cosine
+    worst = min(checks, key=lambda c: c.min_cosine)
     return {
         **result,
-        "result": "passed" if passed else "failed",
-        "max_abs": max_abs,
-        "worst": worst,
+        "result": "passed" if all(c.passes(required) for c in checks) else "failed",
+        "max_abs": max(c.max_abs for c in checks),
+        "min_cosine": worst.min_cosine,
+        "worst": worst.worst,
         "inputs": len(golden.images) + len(golden.texts),
         "tolerance": TOLERANCE,
+        "rule": rule(required),
     }

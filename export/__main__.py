@@ -37,8 +37,8 @@ from .convert import DEFAULT_OPSET, data_path, export_onnx
 from .criteria import INT8
 from .families import FAMILIES, Loaded
 from .golden import write_golden_set
-from .parity import gate_images, report_outcome, run_gate
-from .quantize import SCHEME, fp32_reference, quantize_int8
+from .parity import gate_images, int8_gate_images, report_outcome, run_gate
+from .quantize import SCHEMES, calibrate, fp32_reference, quantize_int8
 from .spec_writer import library_versions, preprocessing_from_processor
 from .text import export_text, remove_text_tower
 
@@ -69,6 +69,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-huge", action="store_true", help="leave the >= 4000 px images out of the gate")
     parser.add_argument(
         "--quantize", choices=["int8"], help="write a quantised variant (gated by cosine to fp32)"
+    )
+    parser.add_argument(
+        "--int8-scheme",
+        choices=list(SCHEMES),
+        default="static",
+        help="static: calibrated activation ranges (fastest, above all without VNNI); per-token: "
+        "scales computed per token at run time, no calibration (export/quantize.py)",
     )
     parser.add_argument(
         "--no-text", action="store_true", help="a family with a text tower: leave it out (image graph only)"
@@ -175,7 +182,7 @@ def export_fp32(
     images = gate_images(include_huge=not args.no_huge, directory=args.images)
     report = run_gate(out, loaded, images)
     if report.verified:
-        write_golden_set(out, loaded, images, own_outputs=False)
+        write_golden_set(out, loaded, images)
     return report_outcome(report)
 
 
@@ -190,14 +197,16 @@ def export_quantized(args: argparse.Namespace, loaded: Loaded, aliases: list[str
     args.out.mkdir(parents=True, exist_ok=True)
     remove_text_tower(args.out)
     data_path(args.out / ONNX_FILE).unlink(missing_ok=True)  # int8 graphs are held inline
-    quantize_int8(fp32_dir / ONNX_FILE, args.out / ONNX_FILE)
-    write_spec(build_spec(args, loaded, aliases, args.out, quantization=SCHEME), args.out / SPEC_FILE)
-    log.info("quantised %s (%s); gating against the fp32 graph", args.out, SCHEME)
+    scheme = SCHEMES[args.int8_scheme]
+    ranges = calibrate(fp32_dir, scratch / "calibration") if args.int8_scheme == "static" else None
+    quantize_int8(fp32_dir / ONNX_FILE, args.out / ONNX_FILE, ranges)
+    write_spec(build_spec(args, loaded, aliases, args.out, quantization=scheme), args.out / SPEC_FILE)
+    log.info("quantised %s (%s); gating against the fp32 graph", args.out, scheme)
     reference = fp32_reference(fp32_dir / ONNX_FILE, plan_threads().intra_op)
-    images = gate_images(include_huge=not args.no_huge, directory=args.images)
+    images = int8_gate_images(include_huge=not args.no_huge, directory=args.images)
     report = run_gate(args.out, loaded, images, reference, INT8)
     if report.verified:
-        write_golden_set(args.out, loaded, images, own_outputs=True)
+        write_golden_set(args.out, loaded, images, fp32_graph=fp32_dir / ONNX_FILE)
     return report_outcome(report)
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["ParityImage", "parity_images", "write_parity_images"]
+__all__ = ["ParityImage", "encoded", "parity_images", "photo_jpegs", "write_parity_images"]
 
 _GRAIN_TILE = 128  # grain is generated on a tile this big and repeated
 
@@ -483,3 +483,16 @@ def write_parity_images(directory: Path, seed: int = 0, *, include_huge: bool = 
         path.write_bytes(image.data)
         paths.append(path)
     return paths
+
+
+def photo_jpegs(seed: int, prefix: str, sizes: Sequence[tuple[int, int]]) -> list[ParityImage]:
+    """Photo-like JPEGs (quality 90, 4:2:0) at `sizes`, named `{prefix}_{i}_{w}x{h}.jpg`, each from its
+    own stream of `seed`: more images of the parity set's photo kind, for sets that must not share
+    images with it (the int8 calibration set)."""
+    specs: list[_Spec] = [(f"{prefix}_{i}_{w}x{h}.jpg", (w, h), _JPEG_420) for i, (w, h) in enumerate(sizes)]
+    return _build(seed, _photo, specs)
+
+
+def encoded(name: str, image: Image.Image, **save: Any) -> ParityImage:
+    """`image` encoded in the format its name's extension names, the round trip verified."""
+    return _encode(name, image, **save)

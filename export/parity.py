@@ -40,6 +40,7 @@ from embedder.runtime import open_session, run
 from embedder.spec import PARITY_FILE, SPEC_FILE, ModelSpec, Parity, file_sha256, load_spec, write_spec
 
 from .architectures import architecture
+from .calibration import unseen_images
 from .convert import export_onnx
 from .criteria import FP32, INT8, TOLERANCE, Criterion, ImageResult, Reference
 from .families import FAMILIES, Loaded
@@ -306,6 +307,12 @@ def gate_images(seed: int = 0, include_huge: bool = True, directory: Path | None
     return parity_images(seed, include_huge=include_huge) + extra_images(directory)
 
 
+def int8_gate_images(include_huge: bool = True, directory: Path | None = None) -> list[ParityImage]:
+    """An int8 graph's gate: the fp32 gate's images plus the out-of-distribution ones, none of them
+    in the static scheme's calibration set (export/calibration.py)."""
+    return gate_images(include_huge=include_huge, directory=directory) + unseen_images()
+
+
 def report_outcome(report: GateReport) -> int:
     print(report.table())
     if report.verified:
@@ -329,12 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-huge", action="store_true", help="leave out the >= 4000 px images (faster)")
     args = parser.parse_args(argv)
     spec = load_spec(args.model_dir / SPEC_FILE)
-    images = gate_images(include_huge=not args.no_huge, directory=args.images)
     with tempfile.TemporaryDirectory() as scratch:
         loaded = load_reference(spec, Path(scratch) / "checkpoint")
         if spec.provenance is not None and spec.provenance.quantization:
+            images = int8_gate_images(include_huge=not args.no_huge, directory=args.images)
             report = _quantized_gate(args.model_dir, spec, loaded, images, Path(scratch))
         else:
+            images = gate_images(include_huge=not args.no_huge, directory=args.images)
             report = run_gate(args.model_dir, loaded, images)
     return report_outcome(report)
 

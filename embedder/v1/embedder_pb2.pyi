@@ -154,20 +154,24 @@ class GraphStatus(_message.Message):
     def __init__(self, state: _Optional[_Union[ModelState, str]] = ..., loaded: _Optional[bool] = ..., error: _Optional[str] = ..., load_seconds: _Optional[float] = ..., onnx_bytes: _Optional[int] = ..., self_check: _Optional[_Union[SelfCheck, _Mapping]] = ...) -> None: ...
 
 class SelfCheck(_message.Message):
-    __slots__ = ("state", "max_abs", "worst", "inputs", "seconds", "cpu_flags")
+    __slots__ = ("state", "max_abs", "worst", "inputs", "seconds", "cpu_flags", "min_cosine", "required_cosine")
     STATE_FIELD_NUMBER: _ClassVar[int]
     MAX_ABS_FIELD_NUMBER: _ClassVar[int]
     WORST_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     CPU_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    MIN_COSINE_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_COSINE_FIELD_NUMBER: _ClassVar[int]
     state: str
     max_abs: float
     worst: str
     inputs: int
     seconds: float
     cpu_flags: str
-    def __init__(self, state: _Optional[str] = ..., max_abs: _Optional[float] = ..., worst: _Optional[str] = ..., inputs: _Optional[int] = ..., seconds: _Optional[float] = ..., cpu_flags: _Optional[str] = ...) -> None: ...
+    min_cosine: float
+    required_cosine: float
+    def __init__(self, state: _Optional[str] = ..., max_abs: _Optional[float] = ..., worst: _Optional[str] = ..., inputs: _Optional[int] = ..., seconds: _Optional[float] = ..., cpu_flags: _Optional[str] = ..., min_cosine: _Optional[float] = ..., required_cosine: _Optional[float] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
