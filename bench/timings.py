@@ -33,6 +33,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from embedder.client import build_request
 from embedder.v1 import embedder_pb2 as pb
 from embedder.v1 import embedder_pb2_grpc as pb_grpc
+from tests.support.graphs import TWO_MATMULS_SCRIPT
 from tests.support.images import photo_jpeg
 from tests.support.processes import ServerProcess
 
@@ -40,20 +41,9 @@ CALL_TIMEOUT_S = 10.0
 
 # Two 512 x 512 MatMuls written to argv[1]; prints the CPU seconds the process used in ten idle
 # gaps of 0.1 s, each right after a run: a session from open_session, then ORT's default spinning.
-IDLE_AFTER_RUNS = """
-import sys, time
-import numpy as np, onnx, onnxruntime as ort
-from onnx import TensorProto, helper
-from embedder.runtime import open_session
-weights = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32) / 30
-graph = helper.make_graph(
-    [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-     helper.make_node("MatMul", ["b", "w"], ["y"])],
-    "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 512])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 512])],
-    [helper.make_tensor("w", TensorProto.FLOAT, [512, 512], weights.ravel())])
-onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
-x = np.ones((256, 512), np.float32)
+IDLE_AFTER_RUNS = (
+    TWO_MATMULS_SCRIPT
+    + """
 def idle_cpu_after_runs(session):
     session.run(None, {"x": x})
     used = 0.0
@@ -69,6 +59,7 @@ options.add_session_config_entry("session.intra_op.allow_spinning", "1")
 control = ort.InferenceSession(sys.argv[1], sess_options=options, providers=["CPUExecutionProvider"])
 print(idle_cpu_after_runs(open_session(sys.argv[1], 2)), idle_cpu_after_runs(control))
 """
+)
 
 
 def _children_cpu_seconds() -> float:

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.graphs import TWO_MATMULS_SCRIPT
+
 # A graph with 3 x 32 MB of activations at batch 8, written to the path in argv[1]. Prints the page
 # faults of runs 2-6 of a session from open_session, the first run of a second such session
 # (after the first's), and runs 2-6 of a plain session with no arena as the control.
@@ -68,20 +70,9 @@ def test_sessions_share_one_arena_and_reuse_their_activations(tmp_path: Path) ->
 # alternate. Prints how many samples found a thread runnable ("R"), served then control. A thread
 # spinning is runnable whether or not it has a core, one blocked is not: so other load on the
 # machine can only stretch a spin, never make a blocked thread look runnable for long.
-IDLE_AFTER_RUNS = """
-import os, sys, time
-import numpy as np, onnx, onnxruntime as ort
-from onnx import TensorProto, helper
-from embedder.runtime import open_session
-weights = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32) / 30
-graph = helper.make_graph(
-    [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
-     helper.make_node("MatMul", ["b", "w"], ["y"])],
-    "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 512])],
-    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 512])],
-    [helper.make_tensor("w", TensorProto.FLOAT, [512, 512], weights.ravel())])
-onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
-x = np.ones((256, 512), np.float32)
+IDLE_AFTER_RUNS = (
+    TWO_MATMULS_SCRIPT
+    + """
 def threads():
     return set(os.listdir("/proc/self/task"))
 def opened(make):
@@ -114,6 +105,7 @@ for _ in range(20):
     totals[1] += gap(*control)
 print(*totals)
 """
+)
 
 
 def test_threads_stop_spinning_when_a_run_returns(tmp_path: Path) -> None:

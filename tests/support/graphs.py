@@ -25,3 +25,23 @@ def perturb_first_layernorm(path: Path, factor: float = 1.001) -> None:
     weight = numpy_helper.to_array(initializers[node.input[1]])
     initializers[node.input[1]].CopyFrom(numpy_helper.from_array(weight * np.float32(factor), node.input[1]))
     onnx.save(model, str(path))
+
+
+# The start of a script run in a process of its own (python -c SCRIPT PATH): two 512 x 512
+# MatMuls with a Relu between, saved to argv[1], and `x`, a batch of 256 rows for them; the
+# script goes on to time or watch sessions of it (`open_session` is imported).
+TWO_MATMULS_SCRIPT = """
+import os, sys, time
+import numpy as np, onnx, onnxruntime as ort
+from onnx import TensorProto, helper
+from embedder.runtime import open_session
+weights = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32) / 30
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["x", "w"], ["a"]), helper.make_node("Relu", ["a"], ["b"]),
+     helper.make_node("MatMul", ["b", "w"], ["y"])],
+    "matmuls", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 512])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 512])],
+    [helper.make_tensor("w", TensorProto.FLOAT, [512, 512], weights.ravel())])
+onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+x = np.ones((256, 512), np.float32)
+"""
