@@ -8,13 +8,15 @@
   the percentile changes only the constants);
 - ORT's own dynamic (one activation scale per tensor, i.e. per batch) and static QDQ graphs.
 
-    python -m bench.int8_schemes models/clip-vit-base-patch32 [--avx2-only]
+    python -m bench.int8_schemes models/clip-vit-base-patch32 [--avx2-only] [--gemm]
 
 `--avx2-only` re-runs the whole comparison in a process that sees a CPU without AVX-512 or VNNI
 (bench/cpu.py), so ONNX Runtime picks the AVX2 kernels. Prints a markdown table: images/s per
 round, the median ratio to fp32, the minimum cosine to fp32 on the gate's images (which the
 calibration never saw) and on the out-of-distribution images, the share of activations the static
-ranges clip on those, and a row alone against the same row in a batch of 8.
+ranges clip on those, and a row alone against the same row in a batch of 8. `--gemm` times the
+kernels alone instead: one weight MatMul of CLIP's MLP shape, fp32 against the static int8 form
+(GMAC/s), which bounds what any int8 graph can gain over fp32 on the CPU.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from embedder.runtime import open_session, run
 from embedder.spec import SPEC_FILE, load_spec
 from export.calibration import calibration_images, unseen_images
 from export.images import ParityImage, parity_images
-from export.quantize import Range, activation_ranges, quantize_int8, weight_matmuls
+from export.quantize import Range, activation_ranges, quantize_graph, quantize_int8, weight_matmuls
 
 from . import cpu
 from .measure import rate
@@ -182,18 +184,69 @@ def compare(model_dir: Path, rounds: int, seconds: float) -> None:
         )
 
 
+def _gemm_graph(integer: bool, rows: int, depth: int, width: int) -> bytes:
+    """One weight MatMul [rows, depth] x [depth, width]: fp32, or as the static scheme writes it."""
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((depth, width)) / np.sqrt(depth)).astype(np.float32)
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("MatMul", ["x", "w"], ["y"])],
+            "gemm",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [rows, depth])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [rows, width])],
+            [onnx.numpy_helper.from_array(weight, "w")],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    if integer:
+        quantize_graph(model, {"x": Range(-4.0, 4.0)})
+    return model.SerializeToString()  # type: ignore[no-any-return]
+
+
+def gemm_alone(rounds: int, seconds: float) -> None:
+    """The kernels alone: CLIP ViT-B/32's MLP product at batch 8 (400 tokens x 768 x 3072), fp32
+    against the static scheme's QuantizeLinear + MatMulIntegerToFloat, alternating."""
+    rows, depth, width = 400, 768, 3072
+    x = np.random.default_rng(1).uniform(-4, 4, (rows, depth)).astype(np.float32)
+    sessions = {}
+    for name, integer in (("fp32 MatMul", False), ("int8 static", True)):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        sessions[name] = ort.InferenceSession(
+            _gemm_graph(integer, rows, depth, width), options, providers=["CPUExecutionProvider"]
+        )
+    rates: dict[str, list[float]] = {name: [] for name in sessions}
+    for r in range(rounds):
+        for name in list(sessions) if r % 2 == 0 else list(sessions)[::-1]:
+            step = partial(lambda s: len(s.run(None, {"x": x})[0]), sessions[name])
+            rates[name].append(rate(step, seconds)[0] * depth * width / 1e9)  # GMAC/s
+    print(
+        f"one weight MatMul {rows}x{depth}x{width}, 2 threads; CPU as ONNX Runtime sees it: {cpu.describe()}\n"
+    )
+    print("| kernel | GMAC/s per round | median ÷ fp32 |\n|---|---|---:|")
+    base = median(rates["fp32 MatMul"])
+    for name, values in rates.items():
+        print(f"| {name} | {' '.join(f'{v:.1f}' for v in values)} | {median(values) / base:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fp32_dir", type=Path)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--avx2-only", action="store_true", help="measure the AVX2 kernels (bench/cpu.py)")
+    parser.add_argument("--gemm", action="store_true", help="one weight MatMul alone, fp32 against int8")
     args = parser.parse_args()
     if args.avx2_only and not cpu.masked():
         command = [sys.executable, "-m", "bench.int8_schemes", str(args.fp32_dir)]
-        command += ["--rounds", str(args.rounds), "--seconds", str(args.seconds)]
+        command += ["--rounds", str(args.rounds), "--seconds", str(args.seconds)] + (
+            ["--gemm"] if args.gemm else []
+        )
         raise SystemExit(subprocess.run(command, env=cpu.avx2_only_env(), check=False).returncode)
-    compare(args.fp32_dir, args.rounds, args.seconds)
+    if args.gemm:
+        gemm_alone(args.rounds, args.seconds)
+    else:
+        compare(args.fp32_dir, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":

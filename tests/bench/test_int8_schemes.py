@@ -44,6 +44,27 @@ def test_int8_schemes_table_shows_only_ort_dynamic_depends_on_batch_mates(tiny_c
     assert min(rows["static everywhere (attention outputs too), MinMax"][:2]) < min(static[:2]), done.stdout
 
 
+def test_the_kernels_alone_table_times_both_products(tiny_clip_dir: Path) -> None:
+    done = run_module(
+        "bench.int8_schemes",
+        tiny_clip_dir,
+        "--gemm",
+        "--rounds",
+        "2",
+        "--seconds",
+        "0.2",
+        env=os.environ,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.strip("|").split("|") for line in done.stdout.splitlines() if line.startswith("| ")][1:]
+    assert [row[0].strip() for row in rows] == ["fp32 MatMul", "int8 static"]
+    for _, per_round, ratio in rows:
+        assert len(per_round.split()) == 2 and all(float(v) > 0 for v in per_round.split())
+        assert float(ratio) > 0
+    assert float(rows[0][2]) == 1.0
+
+
 def _seen(env: dict[str, str]) -> dict[str, bool]:
     code = "import json; from bench.cpu import features; print(json.dumps(features()))"
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
