@@ -22,6 +22,7 @@ from export.spec_writer import library_versions
 from tests.support.images import photo_jpeg
 from tests.support.processes import ServerProcess
 
+from . import cpu as cpu_flags
 from . import int8 as int8_bench
 from . import measure, timings
 from . import siglip as siglip_bench
@@ -67,6 +68,7 @@ def machine() -> dict[str, object]:
         "cpus_available": available_cpus(),
         "avx512": "avx512f" in flags,
         "vnni": "vnni" in flags,
+        "kernels_chosen_by": cpu_flags.describe(),  # what CPUID tells ORT (bench/cpu.py's mask changes it)
         "python": platform.python_version(),
         "versions": library_versions(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -200,6 +200,7 @@ def render(results: dict[str, Any]) -> str:
         f"Measured {mach['date']} by `make bench` (`python -m bench --models-dir models`), all sides in one run,",
         f"same images (640x480 JPEG frames; 4032x3024 photos in their own row), {results['seconds_per_measurement']} s per measurement.",
         f"Machine: {mach['cpu']}, {mach['cpus_available']} CPUs available, AVX-512 {mach['avx512']}, VNNI {mach['vnni']};",
+        f"CPU flags ONNX Runtime picked its kernels by: {mach.get('kernels_chosen_by', 'not recorded')};",
         f"Python {mach['python']}; " + ", ".join(f"{k} {v}" for k, v in mach["versions"].items()) + ".",
         "The service and the load generator are separate processes on the same machine; the service's",
         "images/s is the slope of completed images over completion time in the window (bench/load.py).",
