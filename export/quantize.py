@@ -7,7 +7,7 @@ the MLP and the projection) reads uint8 activations and int8 weights, in one of 
   images (min and max over the set):
 
       q = QuantizeLinear(x, scale, zero_point)        one pass, shared by the MatMuls reading x
-      y = MatMulIntegerToFloat(q, w8, scale, w_scale, zero_point, 0, bias)   the bias Add folded in
+      y = MatMulIntegerToFloat(q, w8, scale, w_scale, zero_point, (none), bias)   the bias Add folded in
 
   The attention's output (softmax x values), whose range follows how spread the attention is
   and so differs from image to image, keeps per-token scales as below, and so does a pooled
@@ -64,8 +64,7 @@ STATIC = (
     "int8 static: uint8 activations with calibrated scales and zero points (min-max over "
     "export/calibration.py's images) where a layer norm or the MLP's activation produces them, one "
     "scale per token for the attention outputs and the pooled vector; int8 weights per output "
-    "channel (7-bit); attention "
-    "products, norms, softmax, GELU and the patch embedding in fp32"
+    "channel (7-bit); attention products, norms, softmax, GELU and the patch embedding in fp32"
 )
 SCHEMES = {"static": STATIC, "per-token": PER_TOKEN}  # --int8-scheme -> provenance.quantization
 SCHEME = STATIC  # the default
@@ -99,11 +98,11 @@ class Range:
 
 @dataclass(frozen=True)
 class Bias:
-    """The Add after a weight MatMul whose other input is a constant vector: folded into the product."""
+    """The Add after a weight MatMul whose other input is a constant vector: folded into the product,
+    which then writes the Add's output (the Add is dropped)."""
 
     name: str
     output: str
-    add: str  # the Add node's name, dropped from the graph
 
 
 @dataclass
@@ -113,7 +112,8 @@ class _Rewrite:
     opset: int
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     constants: list[onnx.TensorProto] = field(default_factory=list)
-    # activation tensor -> (its uint8 tensor, its per-token scale): q, k and v share one
+    # activation tensor -> (its uint8 tensor, its scale: per token, or the static one): q, k and v
+    # read one, quantised once
     quantized: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def constant(self, name: str, value: np.ndarray) -> str:
@@ -229,7 +229,7 @@ def _bias_adds(model: onnx.ModelProto) -> dict[str, Bias]:
         add = users[0]
         other = add.input[1] if add.input[0] == out else add.input[0]
         if other in vectors:
-            found[out] = Bias(other, add.output[0], add.name)
+            found[out] = Bias(other, add.output[0])
     return found
 
 
@@ -268,10 +268,10 @@ def quantize_graph(model: onnx.ModelProto, ranges: dict[str, Range] | None = Non
     }
     biases = {out: bias for out, bias in _bias_adds(model).items() if out in matmuls}
     static = {node.output[0] for node, _ in weight_matmuls(model) if node.input[0] in ranges}
-    folded = {biases[out].add for out in static if out in biases}
+    folded = {biases[out].output for out in static if out in biases}  # the Adds' outputs
     for node in graph.node:
         weight = matmuls.get(node.output[0]) if node.op_type == "MatMul" else None
-        if node.op_type == "Add" and node.name in folded:
+        if node.op_type == "Add" and node.output[0] in folded:
             continue
         if weight is None:
             rewrite.nodes.append(node)
