@@ -47,7 +47,14 @@ from embedder.runtime import open_session, run
 from embedder.spec import SPEC_FILE, load_spec
 from export.calibration import calibration_images, unseen_images
 from export.images import ParityImage, parity_images
-from export.quantize import Range, activation_ranges, quantize_graph, quantize_int8, weight_matmuls
+from export.quantize import (
+    Range,
+    activation_ranges,
+    probe_session,
+    quantize_graph,
+    quantize_int8,
+    weight_matmuls,
+)
 
 from . import cpu
 from .measure import rate
@@ -103,14 +110,8 @@ def _pixels(pre: Preprocessor, images: list[ParityImage]) -> np.ndarray:
 
 def clipped_share(fp32: Path, pixels: np.ndarray, ranges: dict[str, Range], scratch: Path) -> float:
     """The largest share, over the quantised tensors, of activations outside their static range."""
-    model = onnx.load(str(fp32))
     names = sorted(ranges)
-    model.graph.output.extend(
-        onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names
-    )
-    probe = scratch / "clipping.onnx"
-    onnx.save(model, str(probe), save_as_external_data=True, location="clipping.onnx.data")
-    session = open_session(probe, 2)
+    session = probe_session(fp32, names, scratch)
     worst = 0.0
     for image in pixels:
         for name, values in zip(

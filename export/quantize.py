@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from embedder.preprocess import Preprocessor
@@ -290,6 +291,21 @@ def quantize_graph(model: onnx.ModelProto, ranges: dict[str, Range] | None = Non
     return len(matmuls)
 
 
+def probe_session(fp32_path: Path, names: list[str], scratch: Path, threads: int = 2) -> ort.InferenceSession:
+    """A session of the fp32 graph that also outputs the tensors `names` (saved in `scratch`, its
+    weights as external data so that any size fits)."""
+    model = onnx.load(str(fp32_path))
+    known = {o.name for o in model.graph.output}
+    model.graph.output.extend(
+        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+        for name in names
+        if name not in known
+    )
+    probe = scratch / "probe.onnx"
+    onnx.save(model, str(probe), save_as_external_data=True, location="probe.onnx.data")
+    return open_session(probe, threads)
+
+
 def activation_ranges(
     fp32_path: Path,
     pixels: np.ndarray,
@@ -302,17 +318,8 @@ def activation_ranges(
     has more than one row (token) per image: the fp32 graph is run with those tensors as extra
     outputs (min and max; below 100 %, a second pass histograms 4096 bins between them and the
     range keeps `percentile` % of the values, cutting the two tails equally)."""
-    model = onnx.load(str(fp32_path))
-    names = static_inputs(model) if names is None else names
-    known = {o.name for o in model.graph.output}
-    model.graph.output.extend(
-        helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-        for name in names
-        if name not in known
-    )
-    probe = scratch / "calibration.onnx"
-    onnx.save(model, str(probe), save_as_external_data=True, location="calibration.onnx.data")
-    session = open_session(probe, threads)
+    names = static_inputs(onnx.load(str(fp32_path))) if names is None else names
+    session = probe_session(fp32_path, names, scratch, threads)
     batches = [pixels[i : i + CALIBRATION_BATCH] for i in range(0, len(pixels), CALIBRATION_BATCH)]
 
     def outputs() -> Iterator[dict[str, np.ndarray]]:
